@@ -1,0 +1,28 @@
+"""batchshaping: conditional channel gated networks trained with batch-shaping (Bejnordi et al., ICLR 2020)."""
+
+from batchshaping.gates import (
+    ChannelGate,
+    GateOutput,
+    clear_gate_outputs,
+    force_gates,
+    gate_outputs,
+)
+from batchshaping.macs import MacCounter, conditional_macs, dense_macs
+from batchshaping.models import GateConfig, create_model, list_models, model_info
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChannelGate",
+    "GateConfig",
+    "GateOutput",
+    "MacCounter",
+    "clear_gate_outputs",
+    "conditional_macs",
+    "create_model",
+    "dense_macs",
+    "force_gates",
+    "gate_outputs",
+    "list_models",
+    "model_info",
+]

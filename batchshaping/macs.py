@@ -1,0 +1,131 @@
+"""Exact dense and per-sample conditional MAC (multiply-accumulate) counts.
+
+Every ``nn.Conv2d`` and ``nn.Linear`` is counted, the gating modules' own layers included; BatchNorm,
+ReLU, pooling and additions are not (the usual convention, e.g. He et al.'s FLOP counts).
+
+A conv with C_in input channels, G groups, a k_h x k_w kernel and an output of C_out x H_out x W_out costs
+C_out * H_out * W_out * (C_in / G) * k_h * k_w MACs per image. A closed gate removes its channel's share of
+the convs it touches: in a BasicBlock, one output channel of conv1 and one input channel of conv2; in a
+Bottleneck, conv2 costs (open inputs) * (open outputs) * k^2 * H * W, so the count is exact per image, not a
+linear approximation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from batchshaping.gates import ChannelGate, GateOutput, gate_outputs, unwrap
+
+
+def _layer_macs(module: nn.Module, out: Tensor) -> int:
+    """MACs of one image through ``module`` given its batched output ``out``."""
+    per_image = out[0].numel()
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return per_image * (module.in_channels // module.groups) * kh * kw
+    return per_image * module.in_features  # nn.Linear: out_features * in_features per row
+
+
+class MacCounter:
+    """Per-layer dense MACs of ``model`` at ``input_shape`` (C, H, W), and conditional counts from gates.
+
+    Attributes:
+        layers: {module name: dense MACs per image} for every conv and linear layer.
+        dense: MACs of the network without its gating modules (what the dense twin costs).
+        gate_macs: MACs of the gating modules themselves.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int]) -> None:
+        net = unwrap(model)
+        if len(input_shape) != 3:
+            raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
+        self.layers: dict[str, int] = {}
+        hooks = []
+        for name, m in net.named_modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                hooks.append(m.register_forward_hook(self._hook(name)))
+        param = next(net.parameters())
+        was_training = net.training
+        try:
+            net.eval()
+            with torch.no_grad():
+                net(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
+        finally:
+            net.train(was_training)
+            for h in hooks:
+                h.remove()
+        gate_prefixes = tuple(f"{n}." for n, m in net.named_modules() if isinstance(m, ChannelGate))
+        self.gate_macs = sum(v for k, v in self.layers.items() if k.startswith(gate_prefixes))
+        self.dense = sum(self.layers.values()) - self.gate_macs
+        # Which block each gate drives: "layer1.0.gate" -> ("layer1.0", block).
+        self._blocks = {
+            f"{n}.gate" if n else "gate": (n, m)
+            for n, m in net.named_modules()
+            if isinstance(getattr(m, "gate", None), ChannelGate)
+        }
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+            self.layers[name] = _layer_macs(module, out)
+
+        return hook
+
+    def conditional(self, outputs: Sequence[GateOutput], use_probs: bool = False) -> Tensor:
+        """Per-image MACs (N,) for the gates in ``outputs`` (from :func:`gate_outputs`).
+
+        With ``use_probs`` the probabilities replace the 0/1 masks, which gives the expected MACs under
+        independent gates, differentiable with respect to the probabilities.
+        Without outputs (a dense model) the dense count is returned as a 0-d tensor.
+        """
+        total: Tensor | float = float(self.dense + self.gate_macs)
+        for out in outputs:
+            prefix, block = self._block(out.name)
+            gates = out.probs if use_probs else out.mask
+            for conv, (f_in, f_out) in block.gated_convs(gates).items():
+                dense = self.layers[f"{prefix}.{conv}" if prefix else conv]
+                total = total - dense + dense * f_in * f_out
+        return torch.as_tensor(total) if isinstance(total, float) else total
+
+    def gate_costs(self) -> list[Tensor]:
+        """Per-channel cost of each gating module, (G_k,) each: MACs one open channel adds to its block
+        when all others are open (d expected MACs / d prob). For MAC-weighted L0."""
+        costs = []
+        for gate_name, (prefix, block) in self._blocks.items():
+            g = block.gate.num_gates
+            probe = torch.ones(1, g, requires_grad=True)
+            macs = 0.0
+            for conv, (f_in, f_out) in block.gated_convs(probe).items():
+                macs = macs + self.layers[f"{prefix}.{conv}" if prefix else conv] * f_in * f_out
+            (grad,) = torch.autograd.grad(macs.sum(), probe)
+            costs.append(grad[0].detach())
+        return costs
+
+    def _block(self, gate_name: str) -> tuple[str, nn.Module]:
+        if gate_name not in self._blocks:
+            raise KeyError(f"gate {gate_name!r} is not part of the model this MacCounter was built for")
+        return self._blocks[gate_name]
+
+
+def dense_macs(model: nn.Module, input_shape: Sequence[int], include_gates: bool = False) -> int:
+    """MACs per image of ``model`` at ``input_shape`` (C, H, W) with every channel running.
+
+    For a gated model, ``include_gates=False`` (default) gives the cost of its dense twin; ``True`` adds the
+    gating modules' own MACs (= the gated model's cost with every gate open).
+    """
+    c = MacCounter(model, input_shape)
+    return c.dense + (c.gate_macs if include_gates else 0)
+
+
+@torch.no_grad()
+def conditional_macs(model: nn.Module, x: Tensor) -> Tensor:
+    """Per-image MACs (N,) of ``model`` on the batch ``x`` (N, C, H, W), for the gates realised on it.
+
+    Runs one forward pass in the model's current mode (evaluation gates are deterministic), and counts
+    the gating modules' own MACs. A dense model gives its dense count for every image.
+    """
+    counter = MacCounter(model, x.shape[1:])
+    model(x)
+    return counter.conditional(gate_outputs(model)).expand(x.shape[0]).clone()

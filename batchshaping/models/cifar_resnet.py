@@ -1,0 +1,97 @@
+"""CIFAR ResNets of He et al. (2016), section 4.2: 6n+2 layers, widths 16/32/64, 3 stages.
+
+resnet20/32/56/110 are n = 3/5/9/18. The default shortcut is option A of the paper (identity, with
+stride-2 subsampling and zero-padded extra channels, no parameters); ``shortcut="B"`` uses 1x1 projection
+convs where the shape changes (named ``downsample.0/1`` as in torchvision).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from batchshaping.models.blocks import BasicBlock, GateConfig, conv1x1, conv3x3
+from batchshaping.models.registry import register
+
+
+class PadShortcut(nn.Module):
+    """Option A shortcut: x[:, :, ::s, ::s] with zero channels appended up to ``out_channels``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.extra, self.stride = out_channels - in_channels, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra))
+
+
+class CifarResNet(nn.Module):
+    """x: (N, 3, 32, 32) -> logits (N, num_classes). ``gate=None`` builds the dense network."""
+
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int = 10,
+        gate: GateConfig | None = None,
+        shortcut: str = "A",
+        widths: tuple[int, int, int] = (16, 32, 64),
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 56, 110, ...), got {depth}")
+        if shortcut not in ("A", "B"):
+            raise ValueError(
+                f"shortcut must be 'A' (zero-pad identity) or 'B' (1x1 projection), got {shortcut!r}"
+            )
+        n = (depth - 2) // 6
+        self.shortcut = shortcut
+        self.inplanes = widths[0]
+        self.conv1 = conv3x3(3, widths[0])
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(widths[0], n, 1, gate)
+        self.layer2 = self._make_layer(widths[1], n, 2, gate)
+        self.layer3 = self._make_layer(widths[2], n, 2, gate)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[2], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int, gate: GateConfig | None) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            if self.shortcut == "A":
+                downsample = PadShortcut(self.inplanes, planes, stride)
+            else:
+                downsample = nn.Sequential(conv1x1(self.inplanes, planes, stride), nn.BatchNorm2d(planes))
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample, gate)]
+        self.inplanes = planes
+        layers += [BasicBlock(planes, planes, gate=gate) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+def _builder(depth: int, gated: bool):
+    def build(num_classes: int = 10, gate: GateConfig | None = None, **kwargs) -> CifarResNet:
+        return CifarResNet(depth, num_classes, (gate or GateConfig()) if gated else None, **kwargs)
+
+    build.__name__ = f"{'gated_' if gated else ''}resnet{depth}"
+    build.__doc__ = f"{'Gated ' if gated else ''}CIFAR ResNet-{depth} (He et al. layout, widths 16/32/64)."
+    return build
+
+
+for _depth in (20, 32, 56, 110):
+    for _gated in (False, True):
+        _name = f"{'gated_' if _gated else ''}resnet{_depth}"
+        register(_name, input_size=(3, 32, 32), num_classes=10, gated=_gated, family="cifar")(
+            _builder(_depth, _gated)
+        )

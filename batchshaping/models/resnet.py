@@ -1,0 +1,105 @@
+"""ImageNet ResNets (resnet18/34/50 and gated variants) with torchvision's parameter names.
+
+``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``, ``fc``, ... are torchvision's names,
+so a torchvision ResNet state_dict loads into the gated model with ``strict=False`` and the missing keys are
+exactly the gate parameters (``layerX.Y.gate.*``). ``replace_stride_with_dilation`` gives the dilated
+backbones used for segmentation (output stride 8 with ``(False, True, True)``).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from batchshaping.models.blocks import BasicBlock, Bottleneck, GateConfig, conv1x1
+from batchshaping.models.registry import register
+
+
+class ResNet(nn.Module):
+    """x: (N, 3, H, W) -> logits (N, num_classes). ``gate=None`` builds the dense network."""
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: list[int],
+        num_classes: int = 1000,
+        gate: GateConfig | None = None,
+        replace_stride_with_dilation: tuple[bool, bool, bool] = (False, False, False),
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.inplanes, self.dilation = 64, 1
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0], 1, gate)
+        self.layer2 = self._make_layer(block, 128, layers[1], 2, gate, replace_stride_with_dilation[0])
+        self.layer3 = self._make_layer(block, 256, layers[2], 2, gate, replace_stride_with_dilation[1])
+        self.layer4 = self._make_layer(block, 512, layers[3], 2, gate, replace_stride_with_dilation[2])
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                last_bn = m.bn3 if isinstance(m, Bottleneck) else m.bn2 if isinstance(m, BasicBlock) else None
+                if last_bn is not None:
+                    nn.init.zeros_(last_bn.weight)
+
+    def _make_layer(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        planes: int,
+        blocks: int,
+        stride: int,
+        gate: GateConfig | None,
+        dilate: bool = False,
+    ) -> nn.Sequential:
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample, gate, previous_dilation)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, gate=gate, dilation=self.dilation) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """x: (N, 3, H, W) -> layer4 features (N, 512 * expansion, H / 32, W / 32) (less with dilation)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.avgpool(self.forward_features(x)).flatten(1))
+
+
+_ARCHS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3])}
+
+
+def _builder(depth: int, gated: bool):
+    block, layers = _ARCHS[depth]
+
+    def build(num_classes: int = 1000, gate: GateConfig | None = None, **kwargs) -> ResNet:
+        return ResNet(block, layers, num_classes, (gate or GateConfig()) if gated else None, **kwargs)
+
+    build.__name__ = f"{'gated_' if gated else ''}resnet{depth}"
+    build.__doc__ = f"{'Gated ' if gated else ''}ImageNet ResNet-{depth} (torchvision parameter names)."
+    return build
+
+
+for _depth in _ARCHS:
+    for _gated in (False, True):
+        _name = f"{'gated_' if _gated else ''}resnet{_depth}"
+        register(_name, input_size=(3, 224, 224), num_classes=1000, gated=_gated, family="imagenet")(
+            _builder(_depth, _gated)
+        )
