@@ -1,4 +1,4 @@
-"""batchshaping: conditional channel gated networks trained with batch-shaping (Bejnordi et al., ICLR 2020)."""
+"""batchshaping: conditional channel gated networks trained with batch-shaping (Bejnordi et al. 2020)."""
 
 from batchshaping.gates import (
     ChannelGate,

@@ -123,7 +123,7 @@ class ChannelGate(nn.Module):
         return mask
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, num_gates={self.num_gates}, tau={self.tau:.4g}, noise={self.noise}"
+        return f"{self.in_channels} -> {self.num_gates} gates, tau={self.tau:.4g}, noise={self.noise}"
 
 
 def unwrap(model: nn.Module) -> nn.Module:

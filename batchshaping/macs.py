@@ -93,7 +93,7 @@ class MacCounter:
         """Per-channel cost of each gating module, (G_k,) each: MACs one open channel adds to its block
         when all others are open (d expected MACs / d prob). For MAC-weighted L0."""
         costs = []
-        for gate_name, (prefix, block) in self._blocks.items():
+        for prefix, block in self._blocks.values():
             g = block.gate.num_gates
             probe = torch.ones(1, g, requires_grad=True)
             macs = 0.0
