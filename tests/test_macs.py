@@ -1,0 +1,97 @@
+import pytest
+import torch
+from torch import nn
+
+import batchshaping as bs
+from batchshaping.gates import force_gates
+from batchshaping.macs import MacCounter
+
+REFERENCE = {  # MACs per image; He et al. layout for CIFAR, torchvision layout for ImageNet
+    "resnet20": 40.55e6,
+    "resnet32": 68.86e6,
+    "resnet56": 125.49e6,
+    "resnet110": 252.89e6,
+    "resnet18": 1.814e9,
+    "resnet34": 3.664e9,
+    "resnet50": 4.089e9,
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_dense_macs_match_reference_counts(name):
+    model = bs.create_model(name)
+    macs = bs.dense_macs(model, bs.model_info(name).input_size)
+    assert abs(macs - REFERENCE[name]) / REFERENCE[name] < 0.015
+
+
+def test_projection_shortcut_resnet20_count():
+    macs = bs.dense_macs(bs.create_model("resnet20", shortcut="B"), (3, 32, 32))
+    assert abs(macs - 40.81e6) / 40.81e6 < 0.015
+
+
+def test_conv_mac_formula_by_hand():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.Conv2d(8, 4, 1, groups=2))
+    # conv1: out 8x5x5, each 3*3*3 MACs; conv2: out 4x5x5, each (8/2)*1*1 MACs
+    assert bs.dense_macs(net, (3, 10, 10)) == 8 * 25 * 27 + 4 * 25 * 4
+
+
+def test_all_open_gated_model_costs_dense_plus_gate_macs():
+    gated = bs.create_model("gated_resnet32").eval()
+    force_gates(gated, 1.0)
+    macs = bs.conditional_macs(gated, torch.randn(3, 3, 32, 32))
+    dense = bs.dense_macs(bs.create_model("resnet32"), (3, 32, 32))
+    gates = sum(
+        b.gate.fc1.in_features * 16 + 16 * b.gate.num_gates
+        for b in gated.modules()
+        if getattr(b, "gate", None)
+    )
+    assert torch.all(macs == dense + gates)
+    assert bs.dense_macs(gated, (3, 32, 32), include_gates=True) == dense + gates
+
+
+def test_planted_basic_block_masks_give_hand_counted_macs():
+    model = bs.create_model("gated_resnet20").eval()
+    counter = MacCounter(model, (3, 32, 32))
+    model(torch.randn(2, 3, 32, 32))
+    outs = bs.gate_outputs(model)
+    planted = []
+    for o in outs:
+        m = torch.ones_like(o.mask)
+        planted.append(o._replace(mask=m))
+    # Close 4 of 16 channels of layer1.0 for image 0 only.
+    planted[0].mask[0, :4] = 0
+    macs = counter.conditional(planted)
+    full = counter.dense + counter.gate_macs
+    per_channel = 16 * 9 * 32 * 32 + 16 * 9 * 32 * 32  # conv1 output share + conv2 input share
+    assert macs[1] == full and macs[0] == full - 4 * per_channel
+
+
+def test_planted_bottleneck_masks_count_conv2_bilinearly():
+    model = bs.create_model("gated_resnet50").eval()
+    counter = MacCounter(model, (3, 64, 64))
+    model(torch.randn(1, 3, 64, 64))
+    outs = [o._replace(mask=torch.ones_like(o.mask)) for o in bs.gate_outputs(model)]
+    outs[0].mask[0, :32] = 0  # half of conv1's 64 outputs in layer1.0
+    outs[0].mask[0, 64 + 48 :] = 0  # a quarter of conv2's 64 outputs
+    hw = 16 * 16
+    conv1, conv2, conv3 = 64 * 64 * hw, 64 * 64 * 9 * hw, 256 * 64 * hw
+    saved = conv1 * 0.5 + conv2 * (1 - 0.5 * 0.75) + conv3 * 0.25
+    assert counter.conditional(outs)[0] == pytest.approx(counter.dense + counter.gate_macs - saved)
+
+
+def test_expected_macs_are_differentiable_and_gate_costs_match_gradient():
+    model = bs.create_model("gated_resnet20").train()
+    counter = MacCounter(model, (3, 32, 32))
+    model(torch.randn(4, 3, 32, 32))
+    outs = bs.gate_outputs(model)
+    expected = counter.conditional(outs, use_probs=True)
+    assert expected.shape == (4,) and expected.requires_grad
+    costs = counter.gate_costs()
+    assert [c.shape[0] for c in costs] == [o.probs.shape[1] for o in outs]
+    torch.testing.assert_close(costs[0], torch.full((16,), 2 * 16 * 9 * 32 * 32.0))
+
+
+def test_dense_model_conditional_macs_equal_dense():
+    model = bs.create_model("resnet20").eval()
+    macs = bs.conditional_macs(model, torch.randn(3, 3, 32, 32))
+    assert macs.shape == (3,) and torch.all(macs == bs.dense_macs(model, (3, 32, 32)))
