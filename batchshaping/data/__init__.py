@@ -1,0 +1,51 @@
+"""CIFAR-10 loading, batched on-device augmentation and tensor loaders."""
+
+from .augment import (
+    crop_flip,
+    draw_crop_flip,
+    normalize,
+    normalize_params,
+    random_crop,
+    random_crop_flip,
+    random_flip,
+)
+from .cifar import (
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CifarSplits,
+    DataCorruptError,
+    DataError,
+    DataNotFoundError,
+    check_md5,
+    download_cifar10,
+    load_cifar10,
+    md5sum,
+    resolve_data_dir,
+)
+from .loader import DeviceLoader, TensorLoader, as_loader
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CifarSplits",
+    "DataCorruptError",
+    "DataError",
+    "DataNotFoundError",
+    "DeviceLoader",
+    "TensorLoader",
+    "as_loader",
+    "check_md5",
+    "crop_flip",
+    "download_cifar10",
+    "draw_crop_flip",
+    "load_cifar10",
+    "md5sum",
+    "normalize",
+    "normalize_params",
+    "random_crop",
+    "random_crop_flip",
+    "random_flip",
+    "resolve_data_dir",
+]
