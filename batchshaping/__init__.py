@@ -7,12 +7,16 @@ from batchshaping.gates import (
     force_gates,
     gate_outputs,
 )
+from batchshaping.losses import BatchShapingLoss, BetaPrior, l0_loss
 from batchshaping.macs import MacCounter, conditional_macs, dense_macs
 from batchshaping.models import GateConfig, create_model, list_models, model_info
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchShapingLoss",
+    "BetaPrior",
+    "l0_loss",
     "ChannelGate",
     "GateConfig",
     "GateOutput",

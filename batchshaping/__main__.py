@@ -1,0 +1,5 @@
+import sys
+
+from batchshaping.cli import main
+
+sys.exit(main())

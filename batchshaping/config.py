@@ -1,0 +1,237 @@
+"""Training configuration: dataclasses, YAML files, ``--set key=value`` overrides, clear errors.
+
+Every schedule point is a *fraction of the total epochs*, so one recipe keeps its shape at any length:
+the paper's CIFAR-10 recipe (500 epochs, lr x0.1 at epochs 300/375/450, batch-shaping decayed to 0 by
+epoch 100, L0 ramped over epochs 100-300) is ``lr_milestones: [0.6, 0.75, 0.9]``, ``bs_end: 0.2``,
+``l0_start: 0.2``, ``l0_end: 0.6`` with ``epochs: 500``; ``--set epochs=30`` gives the same shape in 30.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"  # cifar10 | imagenet | cityscapes
+    root: str | None = None  # None: --data-dir, then $BATCHSHAPING_DATA, then ./data/cifar10
+    batch_size: int = 256  # global batch size, split over DDP ranks
+    eval_batch_size: int = 1000
+    augment: bool = True
+    workers: int = 4  # decoding processes (ImageNet / Cityscapes); CIFAR-10 lives on the device
+    image_size: int = 224  # ImageNet train crop / Cityscapes crop side
+    download: bool = False
+    train_subset: int | None = None  # use only the first N training / test images (smoke tests)
+    test_subset: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    # Weight decay on BatchNorm and gate parameters. Off by default: decay would pull the gate logits
+    # towards 0 (a 50% on-rate) and fight the losses that shape them; BN scales are not decayed either.
+    decay_bn_and_gates: bool = False
+    lr_milestones: list[float] = field(default_factory=lambda: [0.6, 0.75, 0.9])  # fractions of epochs
+    lr_gamma: float = 0.1
+    warmup: float = 0.0  # linear lr warm-up, fraction of epochs
+
+
+@dataclass
+class LossConfig:
+    bs_weight: float = 0.75  # batch-shaping weight at the start ...
+    bs_end: float = 0.2  # ... decayed linearly to 0 at this fraction of training
+    bs_alpha: float = 0.6  # Beta prior of the gate probabilities
+    bs_beta: float = 0.4
+    bs_reduction: str = "sum"  # sum | mean over gates (see BatchShapingLoss)
+    bs_sync: bool = False  # DDP: batch-shaping over the global batch (all-gather with gradient)
+    l0_weight: float = 0.0  # final L0 weight ...
+    l0_start: float = 0.2  # ... ramped linearly from 0 at l0_start to l0_weight at l0_end (fractions)
+    l0_end: float = 0.6
+    l0_reduction: str = "sum"  # mean | sum | macs (see l0_loss / MacCounter.gate_costs)
+
+
+@dataclass
+class GateOptions:
+    hidden: int = 16
+    tau: float = 2 / 3
+    noise: bool = True
+    bias_init: float = 3.0
+
+
+@dataclass
+class TrainConfig:
+    name: str = "cifar10_gated_resnet20"
+    model: str = "gated_resnet20"
+    num_classes: int | None = None  # None: from the dataset
+    epochs: int = 30
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    gate: GateOptions = field(default_factory=GateOptions)
+    eval_every: int = 1  # epochs
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16: CUDA only)
+    channels_last: bool = True
+    compile: bool = False
+    sync_bn: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True
+    checkpoint_every: int = 1  # epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_CHOICES = {
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "loss.bs_reduction": ("sum", "mean"),
+    "loss.l0_reduction": ("mean", "sum", "macs"),
+    "data.dataset": ("cifar10", "imagenet", "cityscapes"),
+}
+
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check (and gently coerce: int -> float) ``value`` against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _type_ok(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            return False, value
+        out = []
+        for v in value:
+            ok, v = _type_ok(v, arg)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    return isinstance(value, tp), value
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {path!r} is a section; give a mapping, got {value!r}")
+            _apply(current, value, f"{path}.")
+            continue
+        ok, value = _type_ok(value, hints[key])
+        if not ok:
+            raise ConfigError(f"config key {path!r} expects {_type_name(hints[key])}, got {value!r}")
+        if path in _CHOICES and value not in _CHOICES[path]:
+            raise ConfigError(f"config key {path!r} must be one of {_CHOICES[path]}, got {value!r}")
+        setattr(obj, key, value)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _parse_value(text: str) -> Any:
+    """Parse a --set value as YAML (numbers, booleans, lists, null); bare words stay strings."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults <- YAML file at ``path`` <- ``overrides`` like ``["epochs=30", "loss.l0_weight=0.01"]``."""
+    cfg = TrainConfig()
+    if path is not None:
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found; the recipes are in configs/*.yaml")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"config file {str(p)!r} must hold a mapping of keys, got {type(data).__name__}"
+            )
+        data.setdefault("name", p.stem)
+        _apply(cfg, data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value (e.g. epochs=30), got {item!r}")
+        key, text = item.split("=", 1)
+        nested: dict[str, Any] = {}
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _parse_value(text)
+        _apply(cfg, nested)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a config saved with :meth:`TrainConfig.to_dict` (e.g. from a checkpoint)."""
+    cfg = TrainConfig()
+    _apply(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Cross-field checks that a single type check cannot do."""
+    if cfg.epochs < 1:
+        raise ConfigError(f"config key 'epochs' must be >= 1, got {cfg.epochs}")
+    if cfg.data.batch_size < 2:
+        raise ConfigError("config key 'data.batch_size' must be >= 2 (batch-shaping needs a batch)")
+    for key in ("bs_end", "l0_start", "l0_end"):
+        v = getattr(cfg.loss, key)
+        if not 0 <= v <= 1:
+            raise ConfigError(f"config key 'loss.{key}' is a fraction of training in [0, 1], got {v}")
+    if cfg.loss.l0_end < cfg.loss.l0_start:
+        raise ConfigError("config key 'loss.l0_end' must be >= 'loss.l0_start'")
+    if any(not 0 < m <= 1 for m in cfg.optim.lr_milestones):
+        raise ConfigError(
+            f"config key 'optim.lr_milestones' holds fractions in (0, 1], got {cfg.optim.lr_milestones}"
+        )
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved config as YAML text."""
+    import yaml
+
+    return yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False)

@@ -1,0 +1,34 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from batchshaping.config import TrainConfig
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture
+def cifar_dir() -> Path:
+    if not (SHARED_CIFAR / "cifar10_test.npz").exists():
+        pytest.skip(f"real CIFAR-10 not found at {SHARED_CIFAR}")
+    return SHARED_CIFAR
+
+
+def tiny_data(n: int, seed: int, size: int = 16, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random uint8 images whose class shifts the mean colour, so a tiny net can learn something."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = torch.randint(0, 160, (n, 3, size, size), generator=g) + (y * 30)[:, None, None, None]
+    return x.clamp(0, 255).to(torch.uint8), y
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    cfg = TrainConfig(name="tiny", model="gated_resnet20", epochs=2, progress=False, deterministic=True)
+    cfg.data.batch_size, cfg.data.eval_batch_size = 16, 32
+    cfg.optim.lr = 0.05
+    cfg.loss.l0_weight, cfg.loss.l0_start, cfg.loss.l0_end = 0.01, 0.25, 0.75
+    cfg.precision, cfg.channels_last = "fp32", False
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from batchshaping.config import ConfigError, load_config
+
+CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_recipe_loads(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+
+
+def test_paper_recipe_schedule_points_are_fractions_of_500_epochs():
+    cfg = load_config(Path("configs/cifar10_gated_resnet32.yaml"))
+    assert cfg.epochs == 500 and cfg.data.batch_size == 256 and cfg.optim.nesterov
+    assert [round(m * cfg.epochs) for m in cfg.optim.lr_milestones] == [300, 375, 450]
+    assert round(cfg.loss.bs_end * cfg.epochs) == 100 and cfg.loss.bs_weight == 0.75
+    assert (round(cfg.loss.l0_start * 500), round(cfg.loss.l0_end * 500)) == (100, 300)
+
+
+def test_overrides_set_nested_keys_with_types():
+    cfg = load_config(
+        None, ["epochs=7", "loss.l0_weight=0.01", "optim.lr_milestones=[0.5, 0.8]", "data.root=x"]
+    )
+    assert cfg.epochs == 7 and cfg.loss.l0_weight == 0.01 and cfg.optim.lr_milestones == [0.5, 0.8]
+    assert cfg.data.root == "x"
+
+
+def test_unknown_key_is_rejected_with_its_name(tmp_path):
+    with pytest.raises(ConfigError, match="'loss.l0_wieght'"):
+        load_config(None, ["loss.l0_wieght=0.1"])
+    p = tmp_path / "bad.yaml"
+    p.write_text("model: gated_resnet20\noptimizer: {lr: 0.1}\n")
+    with pytest.raises(ConfigError, match="'optimizer'"):
+        load_config(p)
+
+
+def test_wrong_type_is_rejected_with_key_and_expected_type():
+    with pytest.raises(ConfigError, match="'epochs' expects int"):
+        load_config(None, ["epochs=ten"])
+    with pytest.raises(ConfigError, match="'optim.nesterov' expects bool"):
+        load_config(None, ["optim.nesterov=3"])
+
+
+def test_choices_and_ranges_are_checked():
+    with pytest.raises(ConfigError, match="loss.bs_reduction"):
+        load_config(None, ["loss.bs_reduction=median"])
+    with pytest.raises(ConfigError, match="loss.bs_end"):
+        load_config(None, ["loss.bs_end=100"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["epochs"])

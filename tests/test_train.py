@@ -1,0 +1,141 @@
+import json
+
+import pytest
+import torch
+
+import batchshaping.train as train_mod
+from batchshaping.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model
+from batchshaping.cli import main
+from batchshaping.models import GateConfig
+from batchshaping.models.cifar_resnet import CifarResNet
+from batchshaping.train import TrainingDiverged, fit
+from tests.conftest import tiny_config, tiny_data
+
+
+def tiny_model(seed: int = 0) -> CifarResNet:
+    torch.manual_seed(seed)
+    return CifarResNet(8, num_classes=4, gate=GateConfig())
+
+
+def run(out, cfg=None, **kw):
+    cfg = cfg or tiny_config()
+    return fit(tiny_model(), tiny_data(64, 1), tiny_data(32, 2), 4, cfg, out, **kw)
+
+
+def test_fit_writes_logs_checkpoints_and_summary(tmp_path):
+    summary = run(tmp_path)
+    for key in (
+        "top1",
+        "macs_mean",
+        "macs_dense",
+        "gates_always_on",
+        "gates_always_off",
+        "gates_conditional",
+    ):
+        assert key in summary
+    assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 2
+    lines = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and "train_bs" in lines[0] and "mac_ratio" in lines[1]
+    assert (tmp_path / "last.pt").exists() and (tmp_path / "best.pt").exists()
+    assert any((tmp_path / "tb").iterdir())
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 2 and "rng" in ckpt and "optimizer" in ckpt and ckpt["config"]["model"]
+    gates = summary["gates_always_on"] + summary["gates_always_off"] + summary["gates_conditional"]
+    assert gates == pytest.approx(1.0)
+
+
+def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    full = run(tmp_path / "full")
+    real_epoch = train_mod._train_epoch
+    calls = []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # die during the second epoch, after epoch 1's checkpoint
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed")
+    monkeypatch.setattr(train_mod, "_train_epoch", real_epoch)
+    assert load_checkpoint(tmp_path / "killed")["epoch"] == 1
+    resumed = run(tmp_path / "killed", resume=True)
+    for key in ("top1", "test_loss", "macs_mean", "gates_conditional"):
+        assert resumed[key] == full[key], key
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "killed")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_epoch = train_mod._train_epoch
+
+    def poisoned(net, model, *args, **kwargs):
+        epoch = args[7]
+        if epoch == 1:
+            with torch.no_grad():
+                model.fc.weight.fill_(float("nan"))
+        return real_epoch(net, model, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_train_epoch", poisoned)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        run(tmp_path)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_corrupt_or_truncated_checkpoint_gives_a_clear_error(tmp_path):
+    good = tmp_path / "good.pt"
+    atomic_save({"format": "x"}, good)
+    with pytest.raises(CheckpointError, match="not a batchshaping checkpoint"):
+        load_checkpoint(good)
+    run(tmp_path / "run", tiny_config(epochs=1))
+    data = (tmp_path / "run" / "last.pt").read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    assert main(["eval", str(bad)]) == 2
+
+
+def test_checkpoint_rebuilds_the_model(tmp_path):
+    cfg = tiny_config(epochs=1, model="gated_resnet20")
+    fit(train_mod.build_model(cfg, 4), tiny_data(32, 1), tiny_data(32, 2), 4, cfg, tmp_path)
+    model, cfg2 = load_model(tmp_path / "last.pt")
+    assert cfg2.model == "gated_resnet20" and model.fc.out_features == 4 and not model.training
+
+
+def test_missing_data_folder_gives_a_clear_error(tmp_path, capsys):
+    code = main(
+        ["train", "--set", "epochs=1", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "cifar-10-batches-py" in err
+
+
+def test_cli_trains_on_real_cifar10_and_writes_summary(tmp_path, cifar_dir, capsys):
+    sets = [
+        "epochs=1",
+        "data.train_subset=256",
+        "data.test_subset=200",
+        "data.batch_size=64",
+        "progress=false",
+    ]
+    args = ["train", "--config", "configs/cifar10_gated_resnet20_cpu.yaml", "--data-dir", str(cifar_dir)]
+    assert main(args + sum((["--set", s] for s in sets), []) + ["--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["model"] == "gated_resnet20" and 0 < summary["mac_ratio"] <= 1.01
+    assert "top-1" in capsys.readouterr().out
+
+
+def test_weight_decay_skips_bn_and_gate_parameters():
+    model = tiny_model()
+    decay, no_decay = train_mod.param_groups(model, 5e-4, decay_bn_and_gates=False)
+    decayed = {id(p) for p in decay["params"]}
+    assert id(model.conv1.weight) in decayed and id(model.bn1.weight) not in decayed
+    assert id(model.layer1[0].gate.fc1.weight) not in decayed
