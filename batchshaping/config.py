@@ -30,6 +30,7 @@ class DataConfig:
     augment: bool = True
     workers: int = 4  # decoding processes (ImageNet / Cityscapes); CIFAR-10 lives on the device
     image_size: int = 224  # ImageNet train crop / Cityscapes crop side
+    eval_size: list[int] | None = None  # Cityscapes evaluation [H, W]; None: the images' own size
     download: bool = False
     train_subset: int | None = None  # use only the first N training / test images (smoke tests)
     test_subset: int | None = None
@@ -89,8 +90,10 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # CPU threads for torch (None: torch's default, one per core)
     progress: bool = True
     checkpoint_every: int = 1  # epochs
+    pretrained: str | None = None  # warm start: local .pth of torchvision-named ResNet weights (not gates)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -233,6 +233,33 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+class Task:
+    """What :func:`fit` optimises and reports; this default is image classification. A subclass (e.g.
+    :class:`batchshaping.tasks.SegmentationTask`) swaps the loss, the training accuracy and the evaluation
+    and keeps everything else of the loop (schedules, gate losses, checkpoints, DDP, logs)."""
+
+    #: Evaluation metric (higher is better) that selects best.pt; the summary reports it as best_<metric>.
+    metric = "top1"
+
+    def loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Mean task loss (0-d) of a batch: logits (N, K), y (N,)."""
+        return F.cross_entropy(logits.float(), y)
+
+    def correct(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Per-sample accuracies summed over the batch (0-d), for the logged train_acc."""
+        return (logits.argmax(1) == y).float().sum()
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        loader: Iterable[tuple[Tensor, Tensor]],
+        counter: MacCounter,
+        autocast_dtype: torch.dtype | None,
+    ) -> dict[str, Any]:
+        """Flat metrics of ``model`` on ``loader``; must contain :attr:`metric`."""
+        return evaluate(model, loader, counter, autocast_dtype).metrics()
+
+
 # -------------------------------------------------------------------------------------------- training
 
 
@@ -293,6 +320,7 @@ def fit(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     input_shape: tuple[int, int, int] | None = None,
+    task: Task | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` with ``cfg``'s schedule, losses and logging; return the final summary.
 
@@ -301,14 +329,19 @@ def fit(
     iterables of ready (x, y) batches such as DataLoaders (then augmentation and normalisation are theirs,
     and under DDP they must shard, e.g. with a DistributedSampler). ``mean``/``std`` normalise tensor
     data (default: computed from the training images). ``out_dir`` receives config.yaml, log.jsonl,
-    tb/, last.pt, best.pt and summary.json; ``resume`` continues from ``out_dir/last.pt``.
+    tb/, last.pt, best.pt and summary.json; ``resume`` continues from ``out_dir/last.pt``. ``task``:
+    loss and evaluation (default :class:`Task`, classification).
     """
     from batchshaping.data import as_loader
+
+    task = task or Task()
 
     dinfo = init_distributed()
     device = resolve_device(cfg.device, dinfo.local_rank)
     amp_dtype = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed + dinfo.rank, cfg.deterministic)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     out = Path(out_dir) if out_dir is not None else None
     main = dinfo.is_main
     if out is not None and main:
@@ -398,13 +431,13 @@ def fit(
             net.train()
             stats = _train_epoch(
                 net, model, train_loader, opt, scaler, bs_loss, l0_weights, counter, cfg, epoch, steps,
-                amp_dtype, device, gated, main,
+                amp_dtype, device, gated, main, task=task,
             )  # fmt: skip
             record: dict[str, Any] = {"epoch": epoch + 1, **stats}
             last = epoch + 1 == cfg.epochs
             if (epoch + 1) % cfg.eval_every == 0 or last:
                 if main:
-                    metrics = evaluate(model, test_loader, counter, amp_dtype).metrics()
+                    metrics = task.evaluate(model, test_loader, counter, amp_dtype)
                     record.update(metrics)
                 if dinfo.world_size > 1:
                     dist.barrier()
@@ -412,10 +445,10 @@ def fit(
             record["wall_time_s"] = wall
             logger.log(record)
             if main and metrics:
-                _print_epoch(record, cfg.epochs)
+                _print_epoch(record, cfg.epochs, task.metric)
             if out is not None and main and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
-                is_best = "top1" in record and record["top1"] > best_top1
-                best_top1 = max(best_top1, record.get("top1", best_top1))
+                is_best = task.metric in record and record[task.metric] > best_top1
+                best_top1 = max(best_top1, record.get(task.metric, best_top1))
                 state = {
                     "format": FORMAT,
                     "model": model.state_dict(),
@@ -441,7 +474,7 @@ def fit(
         "config": cfg.name,
         "epochs": cfg.epochs,
         "wall_time_s": wall_before + time.perf_counter() - t_start,
-        "best_top1": best_top1,
+        f"best_{task.metric}": best_top1,
         "device": str(device),
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "world_size": dinfo.world_size,
@@ -468,9 +501,11 @@ def _train_epoch(
     device: torch.device,
     gated: bool,
     main: bool,
+    task: Task | None = None,
 ) -> dict[str, float]:
     """One epoch. Statistics stay on the device and are read every few steps (no per-step host sync)."""
     lc, oc = cfg.loss, cfg.optim
+    task = task or Task()
     sums = torch.zeros(7, device=device)  # loss, ce, bs, l0, correct, open fraction, mac ratio
     seen = 0
     bar = None
@@ -487,7 +522,7 @@ def _train_epoch(
         w_l0 = linear_ramp(t, lc.l0_weight, lc.l0_start, lc.l0_end)
         with _autocast(device, amp_dtype):
             logits = net(x)
-        ce = F.cross_entropy(logits.float(), y)
+        ce = task.loss(logits, y)
         loss, bs, l0 = ce, ce.new_zeros(()), ce.new_zeros(())
         open_frac, mac_ratio = ce.new_ones(()), ce.new_ones(())
         if gated:
@@ -508,7 +543,7 @@ def _train_epoch(
         scaler.step(opt)
         scaler.update()
         with torch.no_grad():
-            correct = (logits.argmax(1) == y).float().sum()
+            correct = task.correct(logits, y)
             b = len(y)
             sums += torch.stack(
                 [loss * b, ce * b, bs * b, l0 * b, correct, open_frac * b, mac_ratio * b]
@@ -535,10 +570,10 @@ def _train_epoch(
     return {**dict(zip(keys, s, strict=True)), "lr": lr, "w_bs": w_bs, "w_l0": w_l0}
 
 
-def _print_epoch(r: dict[str, Any], epochs: int) -> None:
+def _print_epoch(r: dict[str, Any], epochs: int, metric: str = "top1") -> None:
     print(
         f"epoch {r['epoch']}/{epochs}  loss {r['train_loss']:.3f}  train acc {r['train_acc']:.3f}  "
-        f"top1 {r['top1']:.4f}  MACs {r['macs_mean'] / 1e6:.2f}M ({r['mac_ratio']:.3f} of dense)  "
+        f"{metric} {r[metric]:.4f}  MACs {r['macs_mean'] / 1e6:.2f}M ({r['mac_ratio']:.3f} of dense)  "
         f"gates on/off/cond {r['gates_always_on']:.2f}/{r['gates_always_off']:.2f}/"
         f"{r['gates_conditional']:.2f}  "
         f"{r['wall_time_s']:.0f}s",

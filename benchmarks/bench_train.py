@@ -1,0 +1,141 @@
+"""Training-speed benchmarks (not tests). Writes benchmarks/results/train.json.
+
+1. Gate overhead: one training step (forward, CE + batch-shaping + L0, backward, SGD) of gated_resnet32
+   against resnet32 with the same weights, interleaved, median of --repeats steps, per precision.
+2. Data pipeline: resnet20 training through the real pipeline (TensorLoader with on-device crop + flip
+   and normalisation, the loop of ``batchshaping.train``) against a bare loop over pre-made tensors.
+
+    python benchmarks/bench_train.py --threads 2 --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import batchshaping as bs
+from batchshaping.config import TrainConfig
+from batchshaping.data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader
+from batchshaping.macs import MacCounter
+from batchshaping.train import _train_epoch, param_groups
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _step_fn(model, x, y, dtype, gated):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    shaping = bs.BatchShapingLoss()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        if gated:
+            outs = bs.gate_outputs(model)
+            loss = loss + 0.75 * shaping(torch.cat([o.probs for o in outs], 1)) + 1e-3 * bs.l0_loss(outs, "sum")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def gate_overhead(batch: int, repeats: int, precisions: list[str]) -> list[dict]:
+    rows = []
+    torch.manual_seed(0)
+    dense = bs.create_model("resnet32").to(memory_format=torch.channels_last)
+    gated = bs.create_model("gated_resnet32").to(memory_format=torch.channels_last)
+    gated.load_state_dict(dense.state_dict(), strict=False)
+    x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    for prec in precisions:
+        dtype = {"fp32": None, "bf16": torch.bfloat16}[prec]
+        fd, fg = _step_fn(dense, x, y, dtype, False), _step_fn(gated, x, y, dtype, True)
+        for f in (fd, fg, fd, fg):  # warm-up
+            f()
+        td, tg = [], []
+        for _ in range(repeats):  # interleaved: both see the same machine load
+            for f, t in ((fd, td), (fg, tg)):
+                t0 = time.perf_counter()
+                f()
+                t.append(time.perf_counter() - t0)
+        d, g = statistics.median(td), statistics.median(tg)
+        rows.append({"precision": prec, "batch": batch, "dense_s": d, "gated_s": g, "ratio": g / d})
+        print(f"gate overhead  {prec:5s} batch {batch}: resnet32 {d * 1e3:7.1f} ms  gated {g * 1e3:7.1f} ms  x{g / d:.3f}")
+    return rows
+
+
+def pipeline(batch: int, steps: int, repeats: int) -> dict:
+    """Images/s of resnet20 training via TensorLoader + the package loop vs pre-made tensors."""
+    n = batch * steps
+    torch.manual_seed(0)
+    x_u8 = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,))
+    cfg = TrainConfig(model="resnet20", epochs=1, progress=False)
+    cfg.loss.bs_weight = 0.0
+    model = bs.create_model("resnet20").to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(param_groups(model, 5e-4, False), lr=0.1, momentum=0.9, nesterov=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    loader = TensorLoader(x_u8, y, batch, True, "cpu", CIFAR10_MEAN, CIFAR10_STD, channels_last=True)
+    counter = MacCounter(model, (3, 32, 32))
+    premade = [
+        (torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last), y[i * batch : (i + 1) * batch])
+        for i in range(steps)
+    ]
+
+    def run_pipeline() -> None:
+        _train_epoch(
+            model, model, loader, opt, scaler, bs.BatchShapingLoss(), None, counter, cfg, 0, steps, None,
+            torch.device("cpu"), False, False,
+        )  # fmt: skip
+
+    def run_bare() -> None:
+        for xb, yb in premade:
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    run_bare()
+    run_pipeline()
+    tp, tb = [], []
+    for _ in range(repeats):
+        for f, t in ((run_pipeline, tp), (run_bare, tb)):
+            t0 = time.perf_counter()
+            f()
+            t.append(time.perf_counter() - t0)
+    p, b = n / statistics.median(tp), n / statistics.median(tb)
+    print(f"pipeline  resnet20 batch {batch}: pipeline {p:.0f} img/s  bare loop {b:.0f} img/s  ratio {p / b:.3f}")
+    return {"batch": batch, "steps": steps, "pipeline_img_s": p, "bare_img_s": b, "ratio": p / b}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--pipeline-steps", type=int, default=4)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gate_overhead": gate_overhead(args.batch, args.repeats, args.precisions.split(",")),
+        "pipeline": pipeline(args.batch, args.pipeline_steps, max(3, args.repeats // 3)),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "train.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'train.json'}")
+
+
+if __name__ == "__main__":
+    main()
