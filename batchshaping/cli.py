@@ -36,9 +36,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.download:
         cfg.data.download = True
     if cfg.data.dataset != "cifar10":
-        from batchshaping.data import run_dataset_training  # ImageNet / Cityscapes
+        from batchshaping.tasks import format_task_summary, run_dataset_training  # ImageNet / Cityscapes
 
-        summary = run_dataset_training(cfg, args.data_dir, args.out, args.resume)
+        out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        summary = run_dataset_training(cfg, args.data_dir, out, args.resume)
+        print(format_task_summary(summary))
+        print(f"outputs in {out}")
     else:
         out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = train_cifar10(cfg, args.data_dir, out, args.resume)
