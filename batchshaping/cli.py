@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,17 +36,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(_config_path(args.config), args.set)
     if args.download:
         cfg.data.download = True
-    if cfg.data.dataset != "cifar10":
+    out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if cfg.data.dataset == "cifar10":
+        summary = train_cifar10(cfg, args.data_dir, out, args.resume)
+        text = format_summary(summary) if "top1" in summary else None
+    else:
         from batchshaping.tasks import format_task_summary, run_dataset_training  # ImageNet / Cityscapes
 
-        out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = run_dataset_training(cfg, args.data_dir, out, args.resume)
-        print(format_task_summary(summary))
-        print(f"outputs in {out}")
-    else:
-        out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        summary = train_cifar10(cfg, args.data_dir, out, args.resume)
-        print(format_summary(summary))
+        text = format_task_summary(summary)
+    if text is not None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        print(text)
         print(f"outputs in {out}")
     return 0
 
