@@ -1,0 +1,42 @@
+"""Analysis of trained checkpoints and runs: gate statistics, compute versus difficulty, reports.
+
+- :func:`analyze_checkpoint` (``batchshaping analyze``): one checkpoint on the test set -> PNG plots,
+  report.md, analysis.json and per_image.npz.
+- :func:`compare_runs` (``batchshaping compare``): several run folders -> accuracy-versus-MACs plot,
+  compare.md and compare.json.
+- :mod:`batchshaping.analysis.stats`: the pure statistics behind them.
+
+Needs matplotlib (``pip install batchshaping[analysis]``).
+"""
+
+from batchshaping.analysis.collect import PassResult, collect
+from batchshaping.analysis.compare import compare_runs, load_run, run_kind
+from batchshaping.analysis.report import analyze_checkpoint, analyze_model, build_analysis, prepare_out
+from batchshaping.analysis.stats import (
+    gate_classes,
+    gate_on_rate,
+    macs_from_mask,
+    per_class_means,
+    per_layer_counts,
+    rankdata,
+    spearman,
+)
+
+__all__ = [
+    "PassResult",
+    "analyze_checkpoint",
+    "analyze_model",
+    "build_analysis",
+    "collect",
+    "compare_runs",
+    "gate_classes",
+    "gate_on_rate",
+    "load_run",
+    "macs_from_mask",
+    "per_class_means",
+    "per_layer_counts",
+    "prepare_out",
+    "rankdata",
+    "run_kind",
+    "spearman",
+]

@@ -1,0 +1,157 @@
+"""``batchshaping compare``: accuracy versus MACs across finished run folders (the paper's CIFAR-10 figure),
+with a markdown table ``compare.md`` and ``compare.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from batchshaping.analysis import plots
+from batchshaping.analysis.report import DATASET_NAMES, prepare_out
+
+PLOT_FILE = "accuracy_vs_macs.png"
+#: Test-set sizes when a run used the whole test split (data.test_subset = None).
+FULL_TEST_SIZE = {"cifar10": 10000, "imagenet": 50000, "cityscapes": 500}
+_REQUIRED = ("top1", "macs_mean", "macs_dense")
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """One row of the comparison from a run folder written by ``batchshaping train``.
+
+    Reads summary.json (required) and config.yaml (optional: without it the loss weights, and so the
+    batch-shaping / L0-only distinction, are unknown). Raises FileNotFoundError for a missing folder or
+    summary.json and ConfigError for an unreadable one.
+    """
+    from batchshaping.config import ConfigError, load_config
+
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"run folder {str(d)!r} not found")
+    sp = d / "summary.json"
+    if not sp.is_file():
+        raise FileNotFoundError(
+            f"{str(d)!r} has no summary.json, so it is not a finished run folder of `batchshaping train` "
+            "(summary.json is written when training ends)"
+        )
+    try:
+        s = json.loads(sp.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{str(sp)!r} is not valid JSON ({e})") from None
+    missing = [k for k in _REQUIRED if not isinstance(s.get(k), int | float)]
+    if missing or not isinstance(s.get("model"), str):
+        raise ConfigError(f"{str(sp)!r} lacks {missing or ['model']}; was the run evaluated at the end?")
+    cfg = load_config(d / "config.yaml") if (d / "config.yaml").is_file() else None
+    model = s["model"]
+    kind = run_kind(model, cfg.loss.bs_weight if cfg else None, cfg.loss.l0_weight if cfg else None)
+    dataset = cfg.data.dataset if cfg else "cifar10"
+    test_images = (cfg.data.test_subset if cfg else None) or FULL_TEST_SIZE.get(dataset)
+    gated = kind != "dense"
+    return {
+        "run": str(d),
+        "model": model,
+        "kind": kind,
+        "dataset": dataset,
+        "test_images": test_images,
+        "top1": float(s["top1"]),
+        "macs": float(s["macs_mean"]),
+        "macs_dense": float(s["macs_dense"]),
+        "mac_ratio": float(s.get("mac_ratio", s["macs_mean"] / s["macs_dense"])),
+        "gates_always_on": s.get("gates_always_on") if gated else None,
+        "gates_always_off": s.get("gates_always_off") if gated else None,
+        "gates_conditional": s.get("gates_conditional") if gated else None,
+        "bs_weight": cfg.loss.bs_weight if cfg else None,
+        "l0_weight": cfg.loss.l0_weight if cfg else None,
+        "epochs": s.get("epochs"),
+        "wall_time_s": s.get("wall_time_s"),
+    }
+
+
+def run_kind(model: str, bs_weight: float | None, l0_weight: float | None) -> str:
+    """ "dense", "batch-shaping" (bs_weight > 0), "L0 only" (bs_weight == 0, l0_weight > 0),
+    "gated, no sparsity loss", or "gated (loss unknown)" without a config."""
+    from batchshaping.models import model_info
+
+    try:
+        gated = model_info(model).gated
+    except ValueError:  # a model this version does not know: go by the naming convention
+        gated = model.startswith("gated_")
+    if not gated:
+        return "dense"
+    if bs_weight is None:
+        return "gated (loss unknown)"
+    if bs_weight > 0:
+        return "batch-shaping"
+    return "L0 only" if l0_weight else "gated, no sparsity loss"
+
+
+def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Compare finished run folders: writes accuracy_vs_macs.png, compare.md and compare.json into
+    ``out`` and returns the compare.json content ({"runs": [one dict per run], ...})."""
+    if not run_dirs:
+        raise FileNotFoundError("no run folders given")
+    rows = [load_run(d) for d in run_dirs]  # all validated before anything is written
+    out_path = prepare_out(out)
+    _label(rows)
+    datasets = {DATASET_NAMES.get(r["dataset"], r["dataset"]) for r in rows}
+    sizes = {r["test_images"] for r in rows}
+    data = " / ".join(sorted(datasets))
+    size = f"{sizes.pop()} images" if len(sizes) == 1 and None not in sizes else "test subsets differ"
+    title = f"Top-1 accuracy versus compute, {data} test ({size})"
+    plots.accuracy_vs_macs(rows, title, out_path / PLOT_FILE)
+    div, unit = plots.mac_unit(max(r["macs"] for r in rows))
+    result = {"title": title, "plot": PLOT_FILE, "macs_unit": unit, "runs": rows}
+    (out_path / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_path / "compare.md").write_text(_markdown(rows, title, div, unit))
+    return result
+
+
+def _label(rows: list[dict[str, Any]]) -> None:
+    """Point labels: the model name, plus the run folder's name where a model appears twice in a kind."""
+    seen = Counter((r["kind"], r["model"]) for r in rows)
+    for r in rows:
+        dup = seen[(r["kind"], r["model"])] > 1
+        r["label"] = f"{r['model']} ({Path(r['run']).name})" if dup else r["model"]
+
+
+def _fmt_time(s: float | None) -> str:
+    if s is None:
+        return "n/a"
+    if s < 120:
+        return f"{s:.0f} s"
+    h, m = divmod(round(s / 60), 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _markdown(rows: list[dict[str, Any]], title: str, div: float, unit: str) -> str:
+    lines = [
+        f"# {title}",
+        "",
+        f"![accuracy versus MACs]({PLOT_FILE})",
+        "",
+        f"| run | model | kind | top-1 (%) | {unit} | MAC ratio | % always on | % always off | % conditional "
+        "| epochs | wall time | test images |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["kind"] != "dense", r["macs"])):
+        lines.append(
+            f"| `{r['run']}` | {r['model']} | {r['kind']} | {100 * r['top1']:.2f} | {r['macs'] / div:.2f} | "
+            f"{r['mac_ratio']:.3f} | {_pct(r['gates_always_on'])} | {_pct(r['gates_always_off'])} | "
+            f"{_pct(r['gates_conditional'])} | {r['epochs']} | {_fmt_time(r['wall_time_s'])} | "
+            f"{r['test_images']} |"
+        )
+    lines += [
+        "",
+        "MACs: mean per test image (conditional for gated runs, including the gates' own MACs); MAC ratio: "
+        "mean over the dense twin's MACs. Gate classes: open for > 99% (always on) / < 1% (always off) of "
+        "the test images. kind: batch-shaping = loss.bs_weight > 0, L0 only = bs_weight 0.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,366 @@
+"""Matplotlib figures of the analysis: standalone Figures rendered by the Agg canvas (no pyplot, so no
+global backend switch and no open figures to leak), cleared after saving.
+
+Every function takes plain arrays, writes one PNG to ``path`` and returns nothing; ``subtitle`` is the
+"<model> on <data> (<N> images)" line that every title carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batchshaping.analysis.stats import ALWAYS_OFF_CLASS, ALWAYS_ON_CLASS, CONDITIONAL_CLASS
+
+# Same colours for the gate classes everywhere.
+CLASS_COLORS = {ALWAYS_ON_CLASS: "#4C72B0", CONDITIONAL_CLASS: "#DD8452", ALWAYS_OFF_CLASS: "#B0B0B0"}
+CLASS_LABELS = {
+    ALWAYS_ON_CLASS: "always on",
+    CONDITIONAL_CLASS: "conditional",
+    ALWAYS_OFF_CLASS: "always off",
+}
+DPI = 120
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.4, 4.0), **kw: Any) -> Any:
+    """(figure, axes) like ``pyplot.subplots``, but a standalone Figure on an Agg canvas: no pyplot
+    global state (a caller's interactive backend is left alone) and nothing registered that must be closed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            "the analysis plots need matplotlib: pip install 'batchshaping[analysis]'"
+        ) from None
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def _save(fig: Any, path: Path) -> None:
+    try:
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    finally:
+        fig.clear()  # drop the artists now rather than at garbage collection
+
+
+def mac_unit(value: float) -> tuple[float, str]:
+    """(divisor, unit) for showing MAC counts of magnitude ``value``: GMACs from 1e9, MMACs from 1e6,
+    else kMACs, so axis numbers stay readable."""
+    value = abs(float(value))
+    if value >= 1e9:
+        return 1e9, "GMACs"
+    if value >= 1e6:
+        return 1e6, "MMACs"
+    return 1e3, "kMACs"
+
+
+def short_layer_name(name: str) -> str:
+    """``"layer1.0.gate"`` -> ``"layer1.0"``: the block a gating module drives."""
+    return name.removesuffix(".gate").removesuffix("gate") or name
+
+
+def gate_classes_per_layer(
+    layer_names: Sequence[str], counts: Sequence[dict[str, int]], subtitle: str, path: Path
+) -> None:
+    """Stacked bars per gating module: fractions of always-on / conditional / always-off gates."""
+    n = len(layer_names)
+    fig, ax = _subplots(figsize=(max(6.0, 0.32 * n + 2.5), 4.2))
+    x = np.arange(n)
+    bottom = np.zeros(n)
+    totals = np.array([c["total"] for c in counts], dtype=float)
+    for cls in (ALWAYS_ON_CLASS, CONDITIONAL_CLASS, ALWAYS_OFF_CLASS):
+        frac = np.array([c[cls] for c in counts]) / totals
+        overall = sum(c[cls] for c in counts) / totals.sum()
+        ax.bar(x, frac, bottom=bottom, color=CLASS_COLORS[cls], width=0.8,
+               label=f"{CLASS_LABELS[cls]} ({100 * overall:.1f}% of all gates)")  # fmt: skip
+        bottom += frac
+    ax.set_xticks(x, [short_layer_name(s) for s in layer_names], rotation=90, fontsize=8 if n > 20 else 9)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction of the module's gates")
+    ax.set_xlabel("gating module (residual block), input to output")
+    ax.set_title(f"Gate classes per layer (on > 99% / off < 1% of images)\n{subtitle}")
+    # Legend outside the axes: every bar reaches 1, so there is no free corner inside.
+    handles, labels = ax.get_legend_handles_labels()  # reversed: same top-to-bottom order as the stack
+    ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    _save(fig, path)
+
+
+def gate_prob_histograms(
+    layer_names: Sequence[str],
+    prob_hist: np.ndarray,
+    counts: Sequence[dict[str, int]],
+    subtitle: str,
+    path: Path,
+) -> None:
+    """Ridgeline plot: per gating module (first at the top) the distribution of its gate probabilities
+    over all (image, gate) pairs, each ridge scaled to its own maximum.
+
+    prob_hist: (L, B) counts over B equal bins of [0, 1]. One axes rather than L panels: it stays readable
+    (and fast) for ResNet-110's 54 modules.
+    """
+    n, bins = prob_hist.shape
+    edges = np.linspace(0, 1, bins + 1)
+    overlap = 1.6  # ridge height in units of the spacing between ridges
+    fig, ax = _subplots(figsize=(7.5, 0.3 * n + 2.0))
+    for i in range(n):
+        base = n - 1 - i
+        h = prob_hist[i] / max(prob_hist[i].max(), 1) * overlap
+        # Later (lower) ridges drawn on top, so each ridge's baseline stays visible.
+        ax.stairs(base + h, edges, baseline=base, fill=True, color=CLASS_COLORS[CONDITIONAL_CLASS],
+                  alpha=0.9, zorder=2 * i)  # fmt: skip
+        ax.stairs(base + h, edges, baseline=base, color="#5A3A22", lw=0.8, zorder=2 * i + 1)
+    ax.axvline(0.5, color="k", ls=":", lw=1, zorder=2 * n + 2, label="0.5: eval-mode threshold (open above)")
+    labels = [
+        f"{short_layer_name(name)} ({c['always_on']}/{c['conditional']}/{c['always_off']})"
+        for name, c in zip(layer_names, counts, strict=True)
+    ]
+    ax.set_yticks(np.arange(n)[::-1], labels, fontsize=8 if n <= 30 else 6)
+    ax.set_ylim(-0.2, n - 1 + overlap + 0.2)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("gate probability sigmoid(logit)")
+    ax.set_ylabel("gating module (always on / conditional / always off gates)")
+    ax.set_title(
+        "Gate probabilities per layer, all (image, gate) pairs; each ridge scaled to its maximum\n"
+        + subtitle,
+        fontsize=10,
+    )
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.06 - 3.0 / (0.3 * n + 2.0) / 10), frameon=False,
+              fontsize=8)  # fmt: skip
+    _save(fig, path)
+
+
+def macs_histogram(macs: np.ndarray, dense: float, subtitle: str, path: Path) -> None:
+    """Distribution of the per-image conditional MACs (N,), mean marked, dense cost in the legend."""
+    div, unit = mac_unit(dense)
+    fig, ax = _subplots(figsize=(6.4, 4.0))
+    m = macs / div
+    counts, _, _ = ax.hist(m, bins=_bins(m), color=CLASS_COLORS[ALWAYS_ON_CLASS], alpha=0.85)
+    if np.ptp(m) == 0:  # every image costs the same (e.g. all gates always on): show a thin bar
+        ax.set_xlim(m[0] * 0.98, m[0] * 1.02 + 1e-9)
+    log_y = np.ptp(m) > 0 and counts.max() > 0.5 * len(m)  # one bin dominates: show the tail too
+    if log_y:
+        ax.set_yscale("log")
+    ax.axvline(m.mean(), color="k", ls="--", lw=1.2,
+               label=f"mean {m.mean():.2f} {unit} ({macs.mean() / dense:.1%} of dense)")  # fmt: skip
+    ax.plot([], [], " ", label=f"dense model {dense / div:.2f} {unit}")
+    ax.set_xlabel(f"conditional MACs per image ({unit})")
+    ax.set_ylabel("images (log scale)" if log_y else "images")
+    ax.set_title(f"Compute per image\n{subtitle}")
+    ax.legend(framealpha=0.9)
+    _save(fig, path)
+
+
+def _bins(m: np.ndarray, max_bins: int = 60) -> int | np.ndarray:
+    """Histogram bins: one per distinct value when there are few (MACs are discrete), else ``max_bins``."""
+    u = np.unique(m)
+    if len(u) == 1:
+        return np.array([u[0] - 0.5, u[0] + 0.5]) if u[0] == 0 else np.array([u[0] * 0.999, u[0] * 1.001])
+    return min(max_bins, len(u))
+
+
+def macs_correct_incorrect(
+    macs: np.ndarray, correct: np.ndarray, dense: float, subtitle: str, path: Path
+) -> None:
+    """Violins (with quartile boxes) of the MACs of correctly and incorrectly classified images, means
+    marked and given in the legend. Violins rather than overlaid histograms: the two groups can differ in
+    size by 10x (a weak model), and a box stays readable for a handful of images."""
+    div, unit = mac_unit(dense)
+    m = macs / div
+    fig, ax = _subplots(figsize=(6.4, 4.2))
+    groups = [(sel, name, color) for sel, name, color in
+              ((correct, "correct", "#55A868"), (~correct, "incorrect", "#C44E52")) if sel.any()]  # fmt: skip
+    for pos, (sel, name, color) in enumerate(groups):
+        v = m[sel]
+        if np.ptp(v) > 0 and len(v) > 1:  # a violin needs spread for its density estimate
+            body = ax.violinplot([v], positions=[pos], widths=0.8, showextrema=False)["bodies"][0]
+            body.set_facecolor(color)
+            body.set_alpha(0.35)
+        ax.boxplot([v], positions=[pos], widths=0.15, showfliers=False, patch_artist=True,
+                   boxprops=dict(facecolor="white"), medianprops=dict(color="k"))  # fmt: skip
+        ax.plot([pos], [v.mean()], marker="D", color=color, ms=8, ls="none",
+                label=f"{name}: {sel.sum()} images, mean {v.mean():.3f} {unit}")  # fmt: skip
+    ax.set_xticks(range(len(groups)), [f"{name}\n({sel.sum()} images)" for sel, name, _ in groups])
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylabel(f"conditional MACs per image ({unit})")
+    ax.set_title(f"Compute of correctly vs incorrectly classified images\n{subtitle}")
+    ax.legend(title="diamond: mean; box: quartiles and median", fontsize=9, title_fontsize=8,
+              loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)  # fmt: skip
+    _save(fig, path)
+
+
+def macs_vs_difficulty(
+    macs: np.ndarray,
+    entropy: np.ndarray,
+    loss: np.ndarray,
+    rho_entropy: float,
+    rho_loss: float,
+    dense: float,
+    subtitle: str,
+    path: Path,
+) -> None:
+    """Two hexbin panels: MACs against prediction entropy and against the cross-entropy loss (log x)."""
+    div, unit = mac_unit(dense)
+    m = macs / div
+    fig, axes = _subplots(1, 2, figsize=(11.5, 4.4))
+    loss_floor = 1e-4  # a confident correct prediction has a loss of ~0; clamp so the log axis shows it
+    floor_note = f", clamped to >= {loss_floor:g}" if (loss < loss_floor).any() else ""
+    panels = (
+        (axes[0], entropy, rho_entropy, "prediction entropy (nats)", "linear"),
+        (
+            axes[1],
+            np.maximum(loss, loss_floor),
+            rho_loss,
+            f"cross-entropy loss (nats, log scale{floor_note})",
+            "log",
+        ),
+    )
+    for ax, x, rho, xlabel, xscale in panels:
+        if np.ptp(m) > 0 and np.ptp(x) > 0:
+            hb = ax.hexbin(x, m, gridsize=40, xscale=xscale, mincnt=1, bins="log", cmap="viridis")
+            fig.colorbar(hb, ax=ax, label="images per cell")
+        else:  # a constant axis has no extent for hexbin
+            ax.scatter(x, m, s=4, alpha=0.5)
+            ax.set_xscale(xscale)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"conditional MACs per image ({unit})")
+        ax.set_title(f"Spearman rho = {_fmt_rho(rho)}", fontsize=10)
+    fig.suptitle(f"Compute versus difficulty\n{subtitle}", fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _fmt_rho(rho: float) -> str:
+    return "n/a (constant input)" if not np.isfinite(rho) else f"{rho:+.3f}"
+
+
+def macs_per_class(
+    class_names: Sequence[str],
+    means: np.ndarray,
+    accuracy: np.ndarray,
+    overall: float,
+    dense: float,
+    subtitle: str,
+    path: Path,
+) -> None:
+    """Bar per class: mean conditional MACs, the class's top-1 accuracy written inside the bar's foot
+    (above the bar it would collide with the line of the overall mean)."""
+    div, unit = mac_unit(dense)
+    k = len(class_names)
+    fig, ax = _subplots(figsize=(max(6.4, 0.6 * k + 1.5), 4.2))
+    x = np.arange(k)
+    vals = means / div
+    bars = ax.bar(x, np.nan_to_num(vals), color=CLASS_COLORS[ALWAYS_ON_CLASS])
+    ax.axhline(overall / div, color="k", ls="--", lw=1, label=f"all images {overall / div:.3f} {unit}")
+    finite = vals[np.isfinite(vals)]
+    if finite.size:
+        lo, hi = finite.min(), finite.max()
+        pad = max(hi - lo, 0.02 * hi) * 0.6
+        ax.set_ylim(max(0.0, lo - pad), hi + 2 * pad)  # differences between classes are small; zoom in
+    bottom, top = ax.get_ylim()
+    for b, acc in zip(bars, accuracy, strict=True):
+        if np.isfinite(acc) and b.get_height() > bottom:
+            ax.text(b.get_x() + b.get_width() / 2, bottom + 0.02 * (top - bottom), f"{100 * acc:.0f}%",
+                    ha="center", va="bottom", fontsize=8, color="white", fontweight="bold")  # fmt: skip
+    ax.set_xticks(x, class_names, rotation=30 if k <= 20 else 90, ha="right" if k <= 20 else "center")
+    ax.set_ylabel(f"mean conditional MACs per image ({unit})")
+    ax.set_xlabel("true class (in the bar: top-1 accuracy of the class)")
+    ax.set_title(f"Compute per class (y axis does not start at 0)\n{subtitle}")
+    ax.legend(frameon=False, loc="upper right")
+    _save(fig, path)
+
+
+def image_grid(
+    images: np.ndarray,
+    captions: Sequence[str],
+    title: str,
+    path: Path,
+    highlight: Sequence[bool] | None = None,
+    ncols: int = 8,
+) -> None:
+    """Grid of images (K, C, H, W) -- uint8, or float in [0, 1] -- with a caption over each; captions
+    with ``highlight`` set (misclassified images) are red.
+
+    The tiles go into one mosaic drawn by a single imshow (one axes instead of K: several times faster).
+    """
+    k = len(images)
+    ncols = max(1, min(ncols, k))
+    nrows = max(1, -(-k // ncols))
+    _, c, h, w = images.shape
+    gap, band = max(1, w // 8), int(round(0.5 * h))  # pixels between tiles / for the captions
+    cell_w, cell_h = w + gap, h + band
+    canvas = np.ones((nrows * cell_h, ncols * cell_w - gap, 3))
+    fig_w = 1.45 * ncols
+    fig, ax = _subplots(figsize=(fig_w, fig_w * canvas.shape[0] / canvas.shape[1] + 0.6))
+    for i in range(k):
+        img = np.asarray(images[i])
+        img = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else np.clip(img, 0, 1)
+        img = np.repeat(img, 3, axis=0) if c == 1 else img[:3]
+        r, col = divmod(i, ncols)
+        y0, x0 = r * cell_h + band, col * cell_w
+        canvas[y0 : y0 + h, x0 : x0 + w] = img.transpose(1, 2, 0)
+        red = highlight is not None and highlight[i]
+        ax.text(x0 + w / 2, y0 - 0.5, captions[i], ha="center", va="bottom", fontsize=7,
+                color="#C44E52" if red else "k")  # fmt: skip
+    ax.imshow(canvas, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+# Compare plot: one style per kind of run.
+KIND_STYLE = {
+    "dense": dict(color="k", marker="s"),
+    "batch-shaping": dict(color="#C44E52", marker="o"),
+    "L0 only": dict(color="#4C72B0", marker="^"),
+    "gated, no sparsity loss": dict(color="#8172B2", marker="D"),
+    "gated (loss unknown)": dict(color="#937860", marker="v"),
+}
+
+
+def accuracy_vs_macs(rows: Sequence[dict[str, Any]], title: str, path: Path) -> None:
+    """The paper's CIFAR-10 figure: top-1 against MACs, dense runs as a curve, gated runs as points.
+
+    rows: dicts with "kind" (a KIND_STYLE key), "label", "macs" and "top1" (fraction).
+    """
+    div, unit = mac_unit(max(r["macs"] for r in rows))
+    fig, ax = _subplots(figsize=(8.5, 5.0))
+    xs = np.array([r["macs"] / div for r in rows])
+    ys = np.array([100 * r["top1"] for r in rows])
+    # Label placement in axis-normalised units, to step around labels of nearby (or identical) points.
+    span = np.array([max(np.ptp(xs), 1e-9), max(np.ptp(ys), 1e-9)])
+    placed: list[tuple[np.ndarray, tuple[int, int]]] = []
+    offsets = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 15), (5, -22)]
+    for kind, style in KIND_STYLE.items():
+        sel = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["macs"])
+        if not sel:
+            continue
+        x = [r["macs"] / div for r in sel]
+        y = [100 * r["top1"] for r in sel]
+        dense = kind == "dense"
+        # Gated kinds other than batch-shaping get hollow markers: coincident points stay visible.
+        face = style["color"] if kind in ("dense", "batch-shaping") else "none"
+        ax.plot(x, y, ls="-" if dense else "none", ms=8, mew=1.8, mfc=face, zorder=3 if dense else 4,
+                label="dense ResNets (curve)" if dense else kind, **style)  # fmt: skip
+        for r, xi, yi in zip(sel, x, y, strict=True):
+            p = (np.array([xi, yi]) - [xs.min(), ys.min()]) / span
+            k = 0
+            while k < len(offsets) - 1 and any(
+                np.abs(p - q).max() < 0.06 and (o == offsets[k]) for q, o in placed
+            ):
+                k += 1
+            dx, dy = offsets[k]
+            placed.append((p, offsets[k]))
+            ax.annotate(r["label"], (xi, yi), textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                        color=style["color"], ha="left" if dx > 0 else "right")  # fmt: skip
+    ax.set_xlabel(f"mean MACs per image ({unit})")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.margins(x=0.2, y=0.12)
+    _save(fig, path)

@@ -1,0 +1,168 @@
+"""Pure statistics of a gated network over a test set: gate classes, per-layer counts, rank correlations,
+per-class means and MAC summaries. Inputs are plain tensors/arrays so every number can be checked by hand.
+
+Gate classes follow the paper (and :data:`batchshaping.train.ALWAYS_ON` / ``ALWAYS_OFF``): a gate that is
+open for more than 99% of the test images is *always on*, one open for less than 1% is *always off*, every
+other gate is *conditional*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from batchshaping.gates import GateOutput
+from batchshaping.macs import MacCounter
+from batchshaping.train import ALWAYS_OFF, ALWAYS_ON
+
+ALWAYS_ON_CLASS, ALWAYS_OFF_CLASS, CONDITIONAL_CLASS = "always_on", "always_off", "conditional"
+#: Order used in tables, JSON and stacked bars.
+GATE_CLASSES = (ALWAYS_ON_CLASS, ALWAYS_OFF_CLASS, CONDITIONAL_CLASS)
+
+ArrayLike = Tensor | np.ndarray | Sequence[float]
+
+
+def _np(a: ArrayLike) -> np.ndarray:
+    if isinstance(a, Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def gate_on_rate(mask: ArrayLike) -> np.ndarray:
+    """Fraction of images for which each gate is open: mask (N, G) of 0/1 -> (G,) float64."""
+    m = _np(mask).astype(np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (N, G), got shape {m.shape}")
+    if len(m) == 0:
+        raise ValueError("mask has no images")
+    return m.mean(0)
+
+
+def gate_classes(
+    on_rate: ArrayLike, always_on: float = ALWAYS_ON, always_off: float = ALWAYS_OFF
+) -> np.ndarray:
+    """Class of each gate from its on-rate (G,): ``"always_on"`` (rate > always_on), ``"always_off"``
+    (rate < always_off) or ``"conditional"``. Returns a (G,) array of those strings."""
+    r = _np(on_rate).astype(np.float64).reshape(-1)
+    out = np.full(r.shape, CONDITIONAL_CLASS, dtype=object)
+    out[r > always_on] = ALWAYS_ON_CLASS
+    out[r < always_off] = ALWAYS_OFF_CLASS
+    return out.astype(str)
+
+
+def split_layers(values: ArrayLike, layer_sizes: Sequence[int]) -> list[np.ndarray]:
+    """Split a per-gate vector (G,) -- or the last axis of (N, G) -- into one chunk per gating module."""
+    v = _np(values)
+    if v.shape[-1] != sum(layer_sizes):
+        raise ValueError(
+            f"{v.shape[-1]} gates but the layer sizes {list(layer_sizes)} sum to {sum(layer_sizes)}"
+        )
+    return np.split(v, np.cumsum(layer_sizes)[:-1], axis=-1)
+
+
+def per_layer_counts(
+    on_rate: ArrayLike,
+    layer_sizes: Sequence[int],
+    always_on: float = ALWAYS_ON,
+    always_off: float = ALWAYS_OFF,
+) -> list[dict[str, int]]:
+    """Number of always-on / always-off / conditional gates in each gating module.
+
+    on_rate: (G,) with G = sum(layer_sizes), the modules' gates concatenated in network order.
+    Returns one dict per module: {"always_on", "always_off", "conditional", "total"}.
+    """
+    classes = gate_classes(on_rate, always_on, always_off)
+    out = []
+    for chunk in split_layers(classes, layer_sizes):
+        counts = {c: int((chunk == c).sum()) for c in GATE_CLASSES}
+        out.append({**counts, "total": len(chunk)})
+    return out
+
+
+def class_fractions(counts: dict[str, int]) -> dict[str, float]:
+    """{"always_on", "always_off", "conditional"} counts -> fractions of the total (they sum to 1)."""
+    total = sum(counts[c] for c in GATE_CLASSES)
+    return {c: counts[c] / total if total else 0.0 for c in GATE_CLASSES}
+
+
+def rankdata(a: ArrayLike) -> np.ndarray:
+    """1-based ranks of a 1-D array, ties getting their average rank (scipy's ``rankdata`` default)."""
+    x = _np(a).astype(np.float64).reshape(-1)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # sorted position (1-based) of the last member of each tie group
+    return ((ends - counts + 1 + ends) / 2.0)[inverse]
+
+
+def spearman(a: ArrayLike, b: ArrayLike) -> float:
+    """Spearman rank correlation of two (N,) arrays: Pearson correlation of their average ranks.
+
+    NaN when either array is constant (e.g. the MACs of a dense model) or N < 2, as scipy returns.
+    """
+    x, y = _np(a).reshape(-1), _np(b).reshape(-1)
+    if len(x) != len(y):
+        raise ValueError(f"spearman needs arrays of the same length, got {len(x)} and {len(y)}")
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+
+
+def per_class_means(values: ArrayLike, labels: ArrayLike, num_classes: int) -> np.ndarray:
+    """Mean of ``values`` (N,) over the images of each class: labels (N,) ints -> (num_classes,) float64,
+    NaN for a class without images."""
+    v = _np(values).astype(np.float64).reshape(-1)
+    y = _np(labels).astype(np.int64).reshape(-1)
+    sums = np.bincount(y, weights=v, minlength=num_classes)[:num_classes]
+    counts = np.bincount(y, minlength=num_classes)[:num_classes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def summarize(values: ArrayLike) -> dict[str, float]:
+    """Mean, std, min, 5/25/50/75/95th percentiles and max of a (N,) array."""
+    v = _np(values).astype(np.float64).reshape(-1)
+    q = np.percentile(v, [5, 25, 50, 75, 95])
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "min": float(v.min()),
+        "p5": float(q[0]),
+        "p25": float(q[1]),
+        "median": float(q[2]),
+        "p75": float(q[3]),
+        "p95": float(q[4]),
+        "max": float(v.max()),
+    }
+
+
+def extremes(values: ArrayLike, k: int, tiebreak: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the ``k`` largest and the ``k`` smallest values of (N,), largest/smallest first.
+
+    Many images share a MAC count (e.g. every gate open), so ties are broken by ``tiebreak`` (N,) in the
+    same direction (largest first among the largest, smallest first among the smallest), then by index.
+    """
+    v = _np(values).astype(np.float64).reshape(-1)
+    t = np.zeros_like(v) if tiebreak is None else _np(tiebreak).astype(np.float64).reshape(-1)
+    k = min(k, len(v))
+    idx = np.arange(len(v))
+    # np.lexsort sorts by the last key first.
+    return np.lexsort((idx, -t, -v))[:k], np.lexsort((idx, t, v))[:k]
+
+
+def macs_from_mask(
+    counter: MacCounter, mask: Tensor, layer_names: Sequence[str], layer_sizes: Sequence[int]
+) -> Tensor:
+    """Per-image MACs (N,) of the network ``counter`` was built for, under the planted gates ``mask``.
+
+    mask: (N, G) 0/1, the modules' gates concatenated in network order (names/sizes as from
+    :func:`batchshaping.gates.gate_outputs`). The gating modules' own MACs are included.
+    """
+    mask = torch.as_tensor(mask).float()
+    chunks = torch.split(mask, list(layer_sizes), dim=1)
+    outs = [GateOutput(n, c, c) for n, c in zip(layer_names, chunks, strict=True)]
+    return counter.conditional(outs).expand(len(mask)).clone()

@@ -1,0 +1,48 @@
+import json
+import shutil
+
+import pytest
+
+from batchshaping.analysis import compare_runs
+from batchshaping.cli import main
+from batchshaping.config import dump_config, load_config
+
+
+def relabel(run, dst, bs_weight, l0_weight):
+    """A copy of ``run`` whose config.yaml has other loss weights (compare reads only summary.json and
+    config.yaml; the fixture trained with both losses off)."""
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("*.pt", "tb"))
+    cfg = load_config(dst / "config.yaml")
+    cfg.loss.bs_weight, cfg.loss.l0_weight = bs_weight, l0_weight
+    (dst / "config.yaml").write_text(dump_config(cfg))
+    return dst
+
+
+def test_compare_dense_gated_and_l0_only_runs(gated_run, dense_run, tmp_path):
+    bs = relabel(gated_run, tmp_path / "bs_run", 0.75, 0.01)
+    l0 = relabel(gated_run, tmp_path / "l0_run", 0.0, 0.01)
+    out = tmp_path / "cmp"
+    result = compare_runs([bs, dense_run, l0], out)
+    assert (out / "accuracy_vs_macs.png").stat().st_size > 0
+    on_disk = json.loads((out / "compare.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    kinds = {r["run"]: r["kind"] for r in on_disk["runs"]}
+    assert kinds == {str(bs): "batch-shaping", str(dense_run): "dense", str(l0): "L0 only"}
+    summary = json.loads((gated_run / "summary.json").read_text())
+    row = next(r for r in on_disk["runs"] if r["kind"] == "batch-shaping")
+    assert row["top1"] == summary["top1"] and row["macs"] == summary["macs_mean"]
+    md = (out / "compare.md").read_text()
+    assert "accuracy_vs_macs.png" in md and md.count("| `") == 3
+    assert "MMACs" in md and "% always on" in md and "wall time" in md
+    dense_line = next(line for line in md.splitlines() if str(dense_run) in line)
+    assert "| - | - | - |" in dense_line  # no gate fractions for a dense run
+
+
+def test_folder_without_summary_is_a_clear_error(gated_run, tmp_path, capsys):
+    empty = tmp_path / "unfinished"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="unfinished.*summary.json"):
+        compare_runs([gated_run, empty], tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # validated before anything is written
+    assert main(["compare", str(gated_run), str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing" in capsys.readouterr().err

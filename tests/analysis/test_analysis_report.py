@@ -1,0 +1,98 @@
+import json
+import re
+
+import numpy as np
+import pytest
+
+from batchshaping.analysis import analyze_checkpoint, analyze_model
+from batchshaping.checkpoint import CheckpointError, load_model
+from batchshaping.cli import main
+from batchshaping.data import DataError
+from batchshaping.gates import force_gates
+from tests.analysis.conftest import CLASSES, data
+from tests.conftest import tiny_data
+
+
+def analyze(run, out, n=40, **kw):
+    return analyze_checkpoint(run / "last.pt", out, test_data=data(n, 5), classes=CLASSES, **kw)
+
+
+def test_report_references_existing_plots_and_json_is_consistent(gated_run, tmp_path):
+    a = analyze(gated_run, tmp_path, max_images=30)
+    on_disk = json.loads((tmp_path / "analysis.json").read_text())
+    assert on_disk == a and a["num_images"] == 30 and a["gated"]
+    report = (tmp_path / "report.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(images) == 8 and all((tmp_path / p).is_file() for p in images)
+    assert "gated_resnet20 on" in report and "(30 images)" in report
+
+    g = a["gates"]
+    assert sum(g["fractions"].values()) == pytest.approx(1.0)
+    assert sum(g["counts"].values()) == g["total"] == sum(layer["gates"] for layer in g["layers"])
+    for layer in g["layers"]:
+        assert sum(layer["counts"].values()) == layer["gates"] == len(layer["on_rate"])
+        assert sum(layer["prob_hist"]) == 30 * layer["gates"]
+    by_name = {layer["name"]: layer for layer in g["layers"]}
+    assert by_name["layer1.0.gate"]["counts"]["always_off"] == 16  # planted closed in the fixture
+    assert by_name["layer1.1.gate"]["counts"]["conditional"] > 0  # planted input-dependent
+
+    per_image = np.load(tmp_path / "per_image.npz")
+    assert len(per_image["macs"]) == 30 and per_image["macs"].mean() == pytest.approx(a["macs"]["mean"])
+    assert a["macs"]["ratio"] == pytest.approx(a["macs"]["mean"] / a["macs"]["dense"])
+    pc = a["per_class"]
+    assert [c["class"] for c in pc] == CLASSES and sum(c["images"] for c in pc) == 30
+    weighted = sum(c["macs_mean"] * c["images"] for c in pc if c["images"])
+    assert weighted / 30 == pytest.approx(a["macs"]["mean"])
+    ci = a["correct_vs_incorrect"]
+    assert ci["correct"]["images"] + ci["incorrect"]["images"] == 30
+    assert ci["correct"]["images"] / 30 == pytest.approx(a["top1"])
+    assert np.isfinite(a["spearman"]["macs_vs_entropy"])  # MACs vary with the planted gates
+    most = a["extremes"]["most_macs"]
+    assert [r["macs"] for r in most] == sorted((r["macs"] for r in most), reverse=True)
+    assert most[0]["macs"] == per_image["macs"].max()
+
+
+def test_forced_gates_give_all_always_on_or_all_always_off(gated_run, tmp_path):
+    model, _ = load_model(gated_run / "last.pt")
+    x, y = data(20, 6)
+    for value, want in ((1.0, "always_on"), (0.0, "always_off")):
+        force_gates(model, value)
+        a = analyze_model(model, x, y, tmp_path, model_name="forced", data_name="tiny", make_plots=False)
+        assert a["gates"]["fractions"][want] == 1.0
+        assert a["macs"]["per_image"]["min"] == a["macs"]["per_image"]["max"]
+        assert a["spearman"]["macs_vs_entropy"] is None  # constant MACs: no rank correlation (JSON null)
+    report = (tmp_path / "report.md").read_text()
+    assert (
+        "![" not in report
+        and "| gates always on / conditional / always off | 0.00% / 0.00% / 100.00% |" in report
+    )
+
+
+def test_dense_checkpoint_reports_no_gates(dense_run, tmp_path):
+    a = analyze(dense_run, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "has no gates" in report and "top-1" in report and "MMACs" in report
+    assert not a["gated"] and "gates" not in a and a["plots"] == {}
+    assert a["macs"]["ratio"] == 1.0 and 0 <= a["top1"] <= 1
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_missing_checkpoint_and_unwritable_out_give_clear_errors(gated_run, tmp_path, capsys):
+    with pytest.raises(CheckpointError, match="not found"):
+        analyze_checkpoint(tmp_path / "nope.pt", tmp_path / "out")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="a_file/out"):
+        analyze(gated_run, blocker / "out")  # a path under a regular file fails even as root
+    with pytest.raises(DataError, match="labels go up to 11 but the model has 10 outputs"):
+        analyze_checkpoint(gated_run, tmp_path / "o", test_data=tiny_data(40, 1, classes=12))
+    assert main(["analyze", str(gated_run / "last.pt"), "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a_file/out" in err and len(err.splitlines()) == 1
+
+
+def test_real_cifar10_test_set_is_loaded_by_default(gated_run, tmp_path, cifar_dir):
+    a = analyze_checkpoint(gated_run, tmp_path, data_dir=cifar_dir, max_images=50, make_plots=False)
+    assert a["data"] == "CIFAR-10 test" and a["num_images"] == 50
+    assert [c["class"] for c in a["per_class"]][:2] == ["airplane", "automobile"]
+    assert sum(c["images"] for c in a["per_class"]) == 50

@@ -1,0 +1,142 @@
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from batchshaping.analysis import (
+    collect,
+    gate_classes,
+    gate_on_rate,
+    macs_from_mask,
+    per_class_means,
+    per_layer_counts,
+    rankdata,
+    spearman,
+)
+from batchshaping.analysis.stats import class_fractions, extremes, split_layers
+from batchshaping.data import TensorLoader
+from batchshaping.gates import force_gates, gate_modules
+from batchshaping.macs import MacCounter
+from batchshaping.models import GateConfig
+from batchshaping.models.cifar_resnet import CifarResNet
+from batchshaping.train import evaluate
+from tests.conftest import tiny_data
+
+
+def tiny_model(seed: int = 0) -> CifarResNet:
+    torch.manual_seed(seed)
+    return CifarResNet(8, num_classes=4, gate=GateConfig()).eval()
+
+
+def loader(n: int = 24, seed: int = 3) -> TensorLoader:
+    x, y = tiny_data(n, seed)
+    return TensorLoader(x, y, 10, False, "cpu", [0.5] * 3, [0.25] * 3)
+
+
+def test_gate_classes_use_the_papers_strict_thresholds():
+    rate = [1.0, 0.995, 0.99, 0.5, 0.01, 0.005, 0.0]
+    assert list(gate_classes(rate)) == [
+        "always_on", "always_on", "conditional", "conditional", "conditional", "always_off", "always_off",
+    ]  # fmt: skip
+
+
+def test_per_layer_counts_of_a_planted_mask():
+    n = 100
+    mask = np.zeros((n, 7), dtype=np.uint8)
+    mask[:, 0] = 1  # layer 0: always on
+    mask[:50, 2] = 1  # conditional (50%)
+    mask[:99, 3] = 1  # 99% is not > 99%: conditional
+    mask[:1, 4] = 1  # layer 1: 1% is not < 1%: conditional; gate 5 never opens: always off
+    mask[:, 6] = 1  # always on
+    rate = gate_on_rate(mask)
+    assert rate[3] == pytest.approx(0.99) and rate[1] == 0.0
+    counts = per_layer_counts(rate, [4, 3])
+    assert counts == [
+        {"always_on": 1, "always_off": 1, "conditional": 2, "total": 4},
+        {"always_on": 1, "always_off": 1, "conditional": 1, "total": 3},
+    ]
+    assert class_fractions(counts[0]) == {"always_on": 0.25, "always_off": 0.25, "conditional": 0.5}
+    with pytest.raises(ValueError, match="sum to 8"):
+        per_layer_counts(rate, [4, 4])
+
+
+def test_spearman_and_ranks_match_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 5, 200).astype(float)  # many ties, like discrete MAC counts
+    b = a + rng.normal(0, 2, 200)
+    assert np.allclose(rankdata(a), scipy.stats.rankdata(a))
+    assert spearman(a, b) == pytest.approx(scipy.stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman(a, -b) == pytest.approx(scipy.stats.spearmanr(a, -b).statistic, abs=1e-12)
+    assert spearman(b, np.exp(b)) == pytest.approx(1.0)  # rank-based: any monotone map gives 1
+    assert math.isnan(spearman(np.ones(10), np.arange(10)))  # constant (dense model MACs)
+    with pytest.raises(ValueError, match="same length"):
+        spearman([1, 2], [1, 2, 3])
+
+
+def test_per_class_means_by_hand():
+    got = per_class_means([1, 2, 3, 4, 10], [0, 0, 1, 1, 3], 4)
+    assert got[:2].tolist() == [1.5, 3.5] and math.isnan(got[2]) and got[3] == 10
+
+
+def test_extremes_break_ties_by_the_tiebreak_then_by_index():
+    macs = [5, 7, 7, 1, 1, 3, 7]
+    most, fewest = extremes(macs, 3)
+    assert most.tolist() == [1, 2, 6] and fewest.tolist() == [3, 4, 5]
+    entropy = [0, 0.1, 0.9, 0.5, 0.2, 0, 0.5]
+    most, fewest = extremes(macs, 3, tiebreak=entropy)
+    assert most.tolist() == [2, 6, 1] and fewest.tolist() == [4, 3, 5]
+
+
+def test_planted_masks_give_the_hand_computed_macs():
+    model = tiny_model()
+    counter = MacCounter(model, (3, 16, 16))
+    names = [n for n, _ in gate_modules(model)]
+    sizes = [g.num_gates for _, g in gate_modules(model)]
+    full = counter.dense + counter.gate_macs
+    mask = torch.ones(3, sum(sizes))
+    mask[1] = 0  # image 1: everything closed
+    mask[2, : sizes[0] // 2] = 0  # image 2: half of the first block's channels closed
+    macs = macs_from_mask(counter, mask, names, sizes)
+    block = names[0].removesuffix(".gate")
+    c1, c2 = counter.layers[f"{block}.conv1"], counter.layers[f"{block}.conv2"]
+    gated = sum(counter.layers[f"{n.removesuffix('.gate')}.conv{i}"] for n in names for i in (1, 2))
+    # BasicBlock: a closed channel removes one output channel of conv1 and one input channel of conv2.
+    assert macs.tolist() == [full, full - gated, full - c1 / 2 - c2 / 2]
+
+
+@pytest.mark.parametrize("value", [1.0, 0.0])
+def test_forced_gates_are_all_always_on_or_all_always_off(value):
+    model = tiny_model()
+    counter = MacCounter(model, (3, 16, 16))
+    force_gates(model, value)
+    res = collect(model, loader(), counter)
+    force_gates(model, None)
+    want = "always_on" if value else "always_off"
+    counts = per_layer_counts(res.on_rate, res.layer_sizes)
+    assert all(c[want] == c["total"] for c in counts) and len(counts) == 3
+    assert set(gate_classes(res.on_rate)) == {want}
+    gated = sum(counter.layers[f"{n.removesuffix('.gate')}.conv{i}"] for n in res.layer_names for i in (1, 2))
+    expected = counter.dense + counter.gate_macs - (0 if value else gated)
+    assert res.num_images == 24 and np.all(res.macs == expected)
+    # The histograms count every (image, gate) probability once.
+    assert res.prob_hist.sum(1).tolist() == [24 * s for s in res.layer_sizes]
+
+
+def test_one_pass_agrees_with_train_evaluate():
+    model = tiny_model(1)
+    with torch.no_grad():  # spread the gate logits around 0 so the gates are input-dependent
+        for _, gate in gate_modules(model):
+            gate.fc2.weight.normal_(0, 2.0)
+            gate.fc2.bias.normal_(0, 0.5)
+    counter = MacCounter(model, (3, 16, 16))
+    res = collect(model, loader(40), counter)
+    ev = evaluate(model, loader(40), counter, per_image=True)
+    assert res.correct.mean() == ev.top1 and res.top5_correct / 40 == ev.top5
+    assert np.allclose(res.macs, ev.per_image["macs"].double().numpy())
+    assert np.allclose(res.on_rate, ev.gate_on_rate.numpy())
+    assert np.allclose(res.entropy, ev.per_image["entropy"].numpy(), atol=1e-6)
+    assert np.ptp(res.macs) > 0  # the planted gates do vary per image
+    on_rates = split_layers(res.on_rate, res.layer_sizes)
+    assert [len(r) for r in on_rates] == res.layer_sizes
