@@ -124,18 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     from batchshaping.config import ConfigError
 
     args = build_parser().parse_args(argv)
-    user_errors: tuple[type[BaseException], ...] = (
-        ConfigError,
-        CheckpointError,
-        FileNotFoundError,
-        PermissionError,
-    )
-    try:
-        from batchshaping.data import DataError
+    from batchshaping.data import DataError
 
-        user_errors += (DataError,)
-    except ImportError:
-        pass
+    # ImportError: a missing optional extra (e.g. matplotlib for analyze); its message names the extra.
+    user_errors = (ConfigError, CheckpointError, DataError, FileNotFoundError, PermissionError, ImportError)
     try:
         return args.func(args)
     except user_errors as e:
