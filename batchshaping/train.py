@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import platform
 import random
 import time
 import warnings
@@ -75,6 +76,19 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def machine_description(device: torch.device) -> str:
+    """E.g. "AMD EPYC, 2 cores, 2 threads" or the CUDA device name, for results tables."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -476,6 +490,7 @@ def fit(
         "wall_time_s": wall_before + time.perf_counter() - t_start,
         f"best_{task.metric}": best_top1,
         "device": str(device),
+        "machine": machine_description(device),
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "world_size": dinfo.world_size,
         **metrics,
