@@ -83,7 +83,8 @@ class MacCounter:
         total: Tensor | float = float(self.dense + self.gate_macs)
         for out in outputs:
             prefix, block = self._block(out.name)
-            gates = out.probs if use_probs else out.mask
+            # Realised counts in float64: float32 would round a 40M count by a few MACs.
+            gates = out.probs if use_probs else out.mask.double()
             for conv, (f_in, f_out) in block.gated_convs(gates).items():
                 dense = self.layers[f"{prefix}.{conv}" if prefix else conv]
                 total = total - dense + dense * f_in * f_out
