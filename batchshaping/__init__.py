@@ -7,6 +7,7 @@ from batchshaping.gates import (
     force_gates,
     gate_outputs,
 )
+from batchshaping.inference import compile_conditional
 from batchshaping.losses import BatchShapingLoss, BetaPrior, l0_loss
 from batchshaping.macs import MacCounter, conditional_macs, dense_macs
 from batchshaping.models import GateConfig, create_model, list_models, model_info
@@ -22,6 +23,7 @@ __all__ = [
     "GateOutput",
     "MacCounter",
     "clear_gate_outputs",
+    "compile_conditional",
     "conditional_macs",
     "create_model",
     "dense_macs",

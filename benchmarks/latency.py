@@ -1,0 +1,508 @@
+"""Batch-1 CPU latency of conditional inference (:func:`batchshaping.inference.compile_conditional`).
+
+For each model and thread count, side by side in one process, the variants run on the same images with
+their order interleaved and rotated; a variant's latency is the mean over images of its per-image median
+over the repeats (MACs are additive, so a mean latency is what compares with the mean MAC ratio r):
+
+    dense         BN-folded dense model of the same architecture (the gated model with its gates forced
+                  open, compiled: folded convs, no gate cost), eager PyTorch. The reference for the ratio.
+    cond          compile_conditional(gated model, script=False): gates first, then only the open channels.
+    dense_script, cond_script   the same two with torch.jit.script (compile_conditional's default).
+    masked        the original gated model in eval mode (BatchNorm unfolded, closed channels times 0).
+
+r is the per-image MAC ratio (conditional MACs, gate MACs included) / (MACs of the dense twin), averaged over
+the images. ratio = cond / dense latency, ratio_script = cond_script / dense_script. With 1 thread the
+latencies are thread CPU times (robust to preemption on a shared machine; wall-clock is in the JSON too),
+with more threads wall-clock (see time_variants).
+
+Without ``--checkpoint`` the models are untrained: BatchNorm statistics are collected on real images with all
+gates open, every gate's last layer gets random weights N(0, 0.5) (so that the gates depend on the image:
+some gates are always on, some always off, some conditional, as in trained models) and biases mu + N(0, 1),
+mu bisected so that r is about ``--target-r`` (0.5).
+
+Inputs: CIFAR-10 test images (normalised); the ImageNet models get the same images bilinearly upsampled to
+224x224. Prints a table and a torch.profiler breakdown, writes a JSON file (``--out``).
+
+    python benchmarks/latency.py                    # full run: ~6-9 min on 2 busy cores (--budget per run)
+    python benchmarks/latency.py --quick            # smoke run
+    python benchmarks/latency.py --checkpoint runs/cifar/best.pt   # a trained batchshaping checkpoint
+    python benchmarks/latency.py --checkpoint weights.pt --model gated_resnet32   # a plain state_dict
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import batchshaping as bs
+from batchshaping.gates import force_gates, gate_modules, gate_outputs
+from batchshaping.inference import compile_conditional
+from batchshaping.macs import MacCounter
+from batchshaping.models.cifar_resnet import CifarResNet
+
+CIFAR_TEST = Path("/work/shared/data/cifar10/cifar10_test.npz")
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+DEFAULT_MODELS = ("gated_resnet32", "gated_resnet56", "gated_resnet110", "gated_resnet18", "gated_resnet50")
+VARIANTS = ("dense", "cond", "dense_script", "cond_script", "masked")
+
+
+def load_images(path: Path, n: int, size: int, seed: int = 0) -> Tensor:
+    """n random CIFAR-10 test images, normalised, (n, 3, size, size) float32 (bilinear resize if != 32)."""
+    with np.load(path) as f:
+        data = f["x_test"]
+    idx = np.random.default_rng(seed).choice(len(data), n, replace=False)
+    x = torch.from_numpy(data[np.sort(idx)]).permute(0, 3, 1, 2).float().div_(255)
+    x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    if size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.contiguous()
+
+
+def set_gates(model: nn.Module, mu: float, weight_std: float = 0.5, seed: int = 0) -> None:
+    """fc2 of every gate: weight ~ N(0, weight_std), bias ~ mu + N(0, 1) (same draws for every mu)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, gate in gate_modules(model):
+            gate.fc2.weight.normal_(0, weight_std, generator=gen)
+            gate.fc2.bias.copy_(mu + torch.randn(gate.num_gates, generator=gen))
+
+
+@torch.no_grad()
+def mac_ratio(model: nn.Module, x: Tensor, counter: MacCounter, chunk: int = 16) -> Tensor:
+    """Per-image MAC ratio (N,) of the eval-mode gated model: conditional MACs (gates included) / dense."""
+    out = []
+    for xb in x.split(chunk):
+        model(xb)
+        out.append(counter.conditional(gate_outputs(model)).expand(len(xb)) / counter.dense)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: Tensor, chunk: int = 32) -> None:
+    """Running statistics of every BatchNorm from x with all gates open (cumulative average), as training
+    would leave them. The default statistics (mean 0, var 1) let an untrained ResNet-110's activations grow
+    to ~1e5, where fp32 rounding alone exceeds the 1e-4 check and the gates would see unrealistic inputs.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    force_gates(model, 1.0)
+    model.train()
+    for xb in x.split(chunk):
+        model(xb)
+    model.eval()
+    force_gates(model, None)
+
+
+def calibrate(model: nn.Module, x: Tensor, target: float, steps: int, weight_std: float = 0.5) -> float:
+    """Bisect the gate bias offset mu so that the mean MAC ratio on x is ~target; returns mu."""
+    counter = MacCounter(model, x.shape[1:])
+    lo, hi = -6.0, 6.0
+    for _ in range(steps):
+        mu = (lo + hi) / 2
+        set_gates(model, mu, weight_std)
+        if mac_ratio(model, x, counter).mean() > target:
+            hi = mu
+        else:
+            lo = mu
+    set_gates(model, (lo + hi) / 2, weight_std)
+    return (lo + hi) / 2
+
+
+def load_trained(path: str, name: str | None) -> tuple[str, nn.Module]:
+    """(name, model) from a batchshaping checkpoint (batchshaping.checkpoint.load_model), else from a
+    state_dict file (or a dict with a "model" state_dict) for the architecture ``name``."""
+    try:
+        from batchshaping.checkpoint import CheckpointError, load_model
+    except ImportError:
+        load_model = None
+    if load_model is not None:
+        try:
+            model, cfg = load_model(path)
+            return getattr(cfg, "model", None) or name or type(model).__name__, model.eval()
+        except CheckpointError:
+            pass  # not our format: a plain state_dict below
+    if name is None:
+        raise SystemExit("--checkpoint is a plain state_dict: give the architecture with --model")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    model = bs.create_model(name, num_classes=state["fc.weight"].shape[0])
+    model.load_state_dict(state)
+    return name, model.eval()
+
+
+def build_variants(gated: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
+    """The five timed variants (module docstring) of one gated model."""
+    twin = copy.deepcopy(gated)
+    force_gates(twin, 1.0)  # forced-open gates compile to plain folded blocks: the dense model
+    return {
+        "dense": compile_conditional(twin, script=False),
+        "cond": compile_conditional(gated, script=False),
+        "dense_script": compile_conditional(twin, script=True),
+        "cond_script": compile_conditional(gated, script=True),
+        "masked": gated.eval(),
+    }
+
+
+@torch.inference_mode()
+def time_variants(
+    fns: dict[str, Callable[[Tensor], Tensor]], x: Tensor, warmup: Tensor, repeats: int, budget_s: float
+) -> tuple[dict[str, dict[str, float]], int, int]:
+    """Batch-1 latency (ms) of each variant on the images x (N, 3, H, W), interleaved in a rotating order.
+
+    Returns ({variant: {"wall", "cpu", "first"}}, images, repeats): wall-clock and thread-CPU time, each the
+    mean over images of the per-image median over the runs after the image's first one, and "first": the
+    mean wall time of the first runs (new gate patterns, hence new conv shapes: oneDNN kernel generation
+    included, as for a stream of new images). Thread CPU time leaves out the time the process spends
+    preempted by other processes, so it is the robust measure on a shared machine; it is the latency only
+    with 1 thread (with more it is the main thread's share) and is used only then.
+
+    Images run one after the other, each ``repeats + 1`` times with the variants interleaved. Once
+    ``budget_s`` is spent it stops (after at least a first run and one repeat of one image): on a busy
+    2-core machine two OpenMP threads can be 50x slower than one. Returns the images and the smallest
+    number of repeats actually used.
+    """
+    names = list(fns)
+    wall = {k: [[] for _ in range(len(x))] for k in names}
+    cpu = {k: [[] for _ in range(len(x))] for k in names}
+    for k in names:  # warm-up on other images (allocator, oneDNN kernels)
+        for i in range(len(warmup)):
+            fns[k](warmup[i : i + 1])
+    t_end = time.perf_counter() + budget_s
+    for i in range(len(x)):
+        if i > 0 and time.perf_counter() > t_end:
+            break
+        xi = x[i : i + 1]
+        for rep in range(repeats + 1):
+            if rep >= 2 and time.perf_counter() > t_end:
+                break
+            for j in range(len(names)):
+                k = names[(i + rep + j) % len(names)]  # rotate the order: no variant always runs first
+                c0, t0 = time.thread_time(), time.perf_counter()
+                fns[k](xi)
+                wall[k][i].append(time.perf_counter() - t0)
+                cpu[k][i].append(time.thread_time() - c0)
+    use = [i for i in range(len(x)) if wall[names[0]][i]]
+    lat = {
+        k: {
+            "wall": 1e3 * statistics.fmean(statistics.median(wall[k][i][1:]) for i in use),
+            "cpu": 1e3 * statistics.fmean(statistics.median(cpu[k][i][1:]) for i in use),
+            "first": 1e3 * statistics.fmean(wall[k][i][0] for i in use),
+        }
+        for k in names
+    }
+    return lat, len(use), min(len(wall[names[0]][i]) - 1 for i in use)
+
+
+@torch.inference_mode()
+def batched_modes(model: nn.Module, x: Tensor, batch: int, repeats: int) -> dict[str, float]:
+    """ms per image (thread CPU time, 1 thread) of each batch_mode on batches of ``batch`` images of x, and
+    of the dense folded model; all TorchScript. Median over repeats, mean over the batches."""
+    twin = copy.deepcopy(model)
+    force_gates(twin, 1.0)
+    fns = {"dense": compile_conditional(twin)}
+    fns.update(
+        {mode: compile_conditional(model, batch_mode=mode) for mode in ("group", "union", "masked", "auto")}
+    )
+    batches = list(x.split(batch))
+    ref = model(batches[0])
+    for k, f in fns.items():  # warm-up, and every mode computes the gated model
+        out = f(batches[0])
+        assert k == "dense" or torch.equal(out.argmax(1), ref.argmax(1)), k
+    times = {k: [[] for _ in batches] for k in fns}
+    names = list(fns)
+    for rep in range(repeats):
+        for b, xb in enumerate(batches):
+            for j in range(len(names)):
+                k = names[(b + rep + j) % len(names)]
+                c0 = time.thread_time()
+                fns[k](xb)
+                times[k][b].append(time.thread_time() - c0)
+    return {k: 1e3 * statistics.fmean(statistics.median(t) for t in v) / batch for k, v in times.items()}
+
+
+def run_batched(data: Path, quick: bool) -> list[dict]:
+    """The batch_mode comparison: gated_resnet32 (image-dependent and image-independent gates, batches of 8
+    and 32) and gated_resnet50 at 224x224 (batches of 4), r ~ 0.5, 1 thread."""
+    torch.set_num_threads(1)
+    out = []
+    cifar_x = load_images(data, 8 if quick else 64, 32, seed=3)
+    for weight_std, gates in ((0.5, "image-dependent"), (0.0, "same for all images")):
+        model = bs.create_model("gated_resnet32").eval()
+        calib = load_images(data, 64, 32, seed=1)
+        recalibrate_bn(model, calib)
+        calibrate(model, calib, 0.5, 14, weight_std)
+        counter = MacCounter(model, (3, 32, 32))
+        r = mac_ratio(model, cifar_x, counter).mean().item()
+        for batch in (8,) if quick else (8, 32):
+            ms = batched_modes(model, cifar_x, batch, 2 if quick else 5)
+            out.append(
+                {
+                    "model": "gated_resnet32",
+                    "gates": gates,
+                    "batch": batch,
+                    "r": round(r, 3),
+                    "ms_per_image": ms,
+                }
+            )
+    if not quick:
+        model = bs.create_model("gated_resnet50").eval()
+        calib = load_images(data, 16, 112, seed=1)
+        recalibrate_bn(model, calib)
+        calibrate(model, calib[:8], 0.5, 10)
+        x = load_images(data, 8, 224, seed=3)
+        r = mac_ratio(model, x, MacCounter(model, (3, 224, 224))).mean().item()
+        ms = batched_modes(model, x, 4, 2)
+        out.append(
+            {
+                "model": "gated_resnet50",
+                "gates": "image-dependent",
+                "batch": 4,
+                "r": round(r, 3),
+                "ms_per_image": ms,
+            }
+        )
+    print("\nbatch_mode comparison, 1 thread, ms per image (thread CPU time), all TorchScript:")
+    for row in out:
+        cells = "  ".join(f"{k} {v:7.3f}" for k, v in row["ms_per_image"].items())
+        print(f"  {row['model']:15s} {row['gates']:20s} batch {row['batch']:2d} r {row['r']:.3f}: {cells}")
+    return out
+
+
+_CATEGORIES = {
+    "conv": ("aten::conv2d", "aten::linear"),  # + 1x1 convs run as addmm (see profile_breakdown)
+    "weight gather": ("aten::index_select",),
+    "gate MLP + decision": ("aten::addmm", "aten::gt", "aten::nonzero", "aten::full", "aten::mean"),
+    "elementwise": ("aten::relu_", "aten::add_", "aten::add", "aten::mul_", "aten::relu", "aten::pad"),
+}
+
+
+def _rows(shapes: list) -> int:
+    """Rows of mat1 of an addmm(bias, mat1, mat2) from the profiler's input shapes, 0 if unknown.
+
+    TorchScript ops list some empty shapes first, hence the filter.
+    """
+    shapes = [sh for sh in shapes if sh]
+    return shapes[1][0] if len(shapes) >= 3 and len(shapes[1]) == 2 else 0
+
+
+def _outermost_aten(ev) -> bool:
+    """An aten op called from Python or TorchScript, not from inside another aten op."""
+    if not ev.name.startswith("aten::"):
+        return False
+    parent = ev.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return False
+        parent = parent.cpu_parent
+    return True
+
+
+@torch.inference_mode()
+def profile_breakdown(fn: Callable[[Tensor], Tensor], x: Tensor, rounds: int = 3) -> dict[str, float]:
+    """Share (%) of batch-1 time by category of the top-level ops (torch.profiler), median over ``rounds``.
+
+    "python + dispatch" is the loop's wall time minus the time inside the top-level ops: the interpreter
+    (Python or TorchScript) and dispatch between ops. Shares rather than ms because preemption on a busy
+    machine inflates every op's wall time alike; the profiler's own per-op cost (~1-2 us) inflates the many
+    tiny ops (gate MLP, index_select) a little.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    for i in range(len(x)):
+        fn(x[i : i + 1])
+    per_round = []
+    for _ in range(rounds):
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            t0 = time.perf_counter()
+            for i in range(len(x)):
+                fn(x[i : i + 1])
+            total = (time.perf_counter() - t0) * 1e3
+        ms = dict.fromkeys([*_CATEGORIES, "other ops"], 0.0)
+        for ev in prof.events():
+            if _outermost_aten(ev):
+                cat = next((c for c, ops in _CATEGORIES.items() if ev.name in ops), "other ops")
+                if ev.name == "aten::addmm" and _rows(ev.input_shapes) > 1:
+                    cat = "conv"  # a 1x1 conv as one GEMM, (C_out, C_in) @ (C_in, H*W); gate GEMMs are (1, C)
+                ms[cat] += ev.cpu_time_total / 1e3  # us -> ms
+        ms["python + dispatch"] = max(total - sum(ms.values()), 0.0)
+        per_round.append({k: 100 * v / total for k, v in ms.items()})
+    return {k: round(statistics.median(r[k] for r in per_round), 1) for k in per_round[0]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--threads", default="1,2", help="comma-separated torch.set_num_threads values")
+    p.add_argument("--target-r", type=float, default=0.5, help="MAC ratio the untrained gates are set to")
+    p.add_argument("--cifar-images", type=int, default=16)
+    p.add_argument("--cifar-repeats", type=int, default=7)
+    p.add_argument("--imagenet-images", type=int, default=4)
+    p.add_argument("--imagenet-repeats", type=int, default=4)
+    p.add_argument("--budget", type=float, default=30.0, help="seconds per model and thread count")
+    p.add_argument("--checkpoint", help="trained model: batchshaping checkpoint, or state_dict with --model")
+    p.add_argument("--model", help="architecture of a plain state_dict --checkpoint, e.g. gated_resnet32")
+    p.add_argument("--data", type=Path, default=CIFAR_TEST, help="cifar10_test.npz")
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--no-batched", action="store_true", help="skip the batch_mode comparison")
+    p.add_argument("--quick", action="store_true", help="few images and repeats: a smoke run")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "latency.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.cifar_images, args.cifar_repeats, args.imagenet_images, args.imagenet_repeats = 4, 2, 1, 1
+    threads = [int(t) for t in args.threads.split(",")]
+    torch.manual_seed(0)
+
+    if args.checkpoint:
+        jobs = [load_trained(args.checkpoint, args.model)]
+    else:
+        jobs = [(name, None) for name in args.models]
+
+    rows, profiles = [], {}
+    t_start = time.perf_counter()
+    for name, trained in jobs:
+        model = trained if trained is not None else bs.create_model(name).eval()
+        cifar = isinstance(model, CifarResNet)
+        size = 32 if cifar else 224
+        n_img = args.cifar_images if cifar else args.imagenet_images
+        reps = args.cifar_repeats if cifar else args.imagenet_repeats
+        x = load_images(args.data, n_img, size)
+        warmup = load_images(args.data, 2, size, seed=2)
+        gates = "trained"
+        torch.set_num_threads(
+            1
+        )  # calibration and checks: 2 threads on a busy 2-core machine can be 10x slower
+        t_model = time.perf_counter()
+        if trained is None:
+            # Calibrate on other images than the timed ones; at 112x112 for ImageNet models (4x cheaper,
+            # same gate statistics up to resolution), the r reported is then measured on the timed images.
+            calib = load_images(args.data, 64 if cifar else 16, 32 if cifar else 112, seed=1)
+            recalibrate_bn(model, calib)
+            mu = calibrate(model, calib[: 64 if cifar else 8], args.target_r, steps=14 if cifar else 10)
+            gates = (
+                f"untrained (BN statistics from real images); gate fc2 weights N(0, 0.5), biases {mu:+.3f} "
+                f"+ N(0, 1): r ~ {args.target_r}"
+            )
+        r = mac_ratio(model, x, MacCounter(model, x.shape[1:]))
+        fns = build_variants(model)
+        with torch.inference_mode():
+            ref = model(x)
+            for k in ("cond", "cond_script"):
+                out = torch.cat([fns[k](x[i : i + 1]) for i in range(len(x))])
+                err = (out - ref).abs().max().item()
+                scale = max(1.0, ref.abs().max().item())  # fp32 rounding grows with the logits
+                assert err < 1e-4 * scale and torch.equal(out.argmax(1), ref.argmax(1)), (k, err, scale)
+        print(
+            f"\n{name} @ {size}x{size}: r = {r.mean():.3f} (images {r.min():.3f}..{r.max():.3f}); {gates} "
+            f"[setup {time.perf_counter() - t_model:.0f} s]"
+        )
+        for nt in threads:
+            torch.set_num_threads(nt)
+            t_timing = time.perf_counter()
+            lat, n_used, done = time_variants(fns, x, warmup, reps, args.budget)
+            t_timing = time.perf_counter() - t_timing
+            how = "cpu" if nt == 1 else "wall"  # the headline measure (see time_variants)
+            row = {
+                "model": name,
+                "input": f"{size}x{size}",
+                "threads": nt,
+                "images": n_used,
+                "repeats": done,
+                "r": round(r.mean().item(), 4),
+                "measure": how,
+                "latency_ms": {k: {m: round(v, 3) for m, v in d.items()} for k, d in lat.items()},
+                "ratio": round(lat["cond"][how] / lat["dense"][how], 3),
+                "ratio_script": round(lat["cond_script"][how] / lat["dense_script"][how], 3),
+                "ratio_vs_masked": round(lat["cond"][how] / lat["masked"][how], 3),
+                "ratio_wall": round(lat["cond"]["wall"] / lat["dense"]["wall"], 3),
+                "ratio_first_run": round(lat["cond"]["first"] / lat["dense"]["first"], 3),
+                "gates": gates,
+            }
+            rows.append(row)
+            print(
+                f"  threads={nt} ({how}): "
+                + "  ".join(f"{k} {d[how]:.2f}" for k, d in lat.items())
+                + f" ms | ratio {row['ratio']:.3f}, script {row['ratio_script']:.3f}, vs masked "
+                f"{row['ratio_vs_masked']:.3f}; wall ratio {row['ratio_wall']:.3f}, first runs "
+                f"{row['ratio_first_run']:.3f} [{t_timing:.0f} s]",
+                flush=True,
+            )
+        if not args.no_profile and name in ("gated_resnet32", "gated_resnet50"):
+            torch.set_num_threads(1)
+            xp = x[: min(len(x), 8)]
+            prof = {k: profile_breakdown(fns[k], xp) for k in ("dense", "cond", "cond_script")}
+            profiles[name] = prof
+            lat1 = next((r["latency_ms"] for r in rows if r["model"] == name and r["threads"] == 1), None)
+            print(f"  torch.profiler, 1 thread, share of the time ({len(xp)} images, median of 3 rounds)")
+            print("  and that share of the 1-thread CPU latency:" if lat1 else "")
+            for cat in prof["dense"]:
+                cells = []
+                for k in prof:
+                    share = prof[k][cat]
+                    ms = f" {share / 100 * lat1[k]['cpu']:6.2f} ms" if lat1 else ""
+                    cells.append(f"{k} {share:5.1f}%{ms}")
+                print(f"    {cat:20s} " + "  ".join(cells))
+
+    print(
+        "\nms = thread CPU time with 1 thread, wall-clock with more (see time_variants)\n"
+        f"{'model':16s} {'input':8s} {'thr':>3s} {'r':>6s} {'dense':>8s} {'cond':>8s} {'ratio':>6s} "
+        f"{'dense_s':>8s} {'cond_s':>8s} {'ratio_s':>7s} {'masked':>8s} {'wall_r':>6s}"
+    )
+    for row in rows:
+        lat, m = row["latency_ms"], row["measure"]
+        print(
+            f"{row['model']:16s} {row['input']:8s} {row['threads']:3d} {row['r']:6.3f} "
+            f"{lat['dense'][m]:8.2f} {lat['cond'][m]:8.2f} {row['ratio']:6.3f} {lat['dense_script'][m]:8.2f} "
+            f"{lat['cond_script'][m]:8.2f} {row['ratio_script']:7.3f} {lat['masked'][m]:8.2f} "
+            f"{row['ratio_wall']:6.3f}"
+        )
+    batched = [] if args.no_batched or args.checkpoint else run_batched(args.data, args.quick)
+    result = {
+        "command": " ".join(["python", *(sys.argv if argv is None else ["benchmarks/latency.py", *argv])]),
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "python": platform.python_version(),
+        },
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "rows": rows,
+        "profile_percent_threads1": profiles,
+        "batched_ms_per_image_threads1": batched,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {args.out} ({result['seconds']:.0f} s)")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        main()
