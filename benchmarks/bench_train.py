@@ -39,7 +39,9 @@ def _step_fn(model, x, y, dtype, gated):
         loss = F.cross_entropy(logits.float(), y)
         if gated:
             outs = bs.gate_outputs(model)
-            loss = loss + 0.75 * shaping(torch.cat([o.probs for o in outs], 1)) + 1e-3 * bs.l0_loss(outs, "sum")
+            loss = (
+                loss + 0.75 * shaping(torch.cat([o.probs for o in outs], 1)) + 1e-3 * bs.l0_loss(outs, "sum")
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -68,7 +70,7 @@ def gate_overhead(batch: int, repeats: int, precisions: list[str]) -> list[dict]
                 t.append(time.perf_counter() - t0)
         d, g = statistics.median(td), statistics.median(tg)
         rows.append({"precision": prec, "batch": batch, "dense_s": d, "gated_s": g, "ratio": g / d})
-        print(f"gate overhead  {prec:5s} batch {batch}: resnet32 {d * 1e3:7.1f} ms  gated {g * 1e3:7.1f} ms  x{g / d:.3f}")
+        print(f"{prec} batch {batch}: resnet32 {d * 1e3:.1f} ms, gated {g * 1e3:.1f} ms, x{g / d:.3f}")
     return rows
 
 
@@ -112,7 +114,7 @@ def pipeline(batch: int, steps: int, repeats: int) -> dict:
             f()
             t.append(time.perf_counter() - t0)
     p, b = n / statistics.median(tp), n / statistics.median(tb)
-    print(f"pipeline  resnet20 batch {batch}: pipeline {p:.0f} img/s  bare loop {b:.0f} img/s  ratio {p / b:.3f}")
+    print(f"pipeline resnet20 batch {batch}: pipeline {p:.0f} img/s, bare {b:.0f} img/s, ratio {p / b:.3f}")
     return {"batch": batch, "steps": steps, "pipeline_img_s": p, "bare_img_s": b, "ratio": p / b}
 
 
