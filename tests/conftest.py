@@ -15,6 +15,15 @@ def cifar_dir() -> Path:
     return SHARED_CIFAR
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread; several contend badly on a shared 2-core machine (10x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_data(n: int, seed: int, size: int = 16, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Random uint8 images whose class shifts the mean colour, so a tiny net can learn something."""
     g = torch.Generator().manual_seed(seed)

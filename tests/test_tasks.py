@@ -31,14 +31,7 @@ from batchshaping.train import evaluate
 from tests.data.test_cityscapes import write_cityscapes
 from tests.data.test_imagenet import write_imagenet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread; several contend badly on a shared 2-core machine (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 COMMON = [

@@ -49,6 +49,16 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 1, stride, bias=False)
 
 
+def init_resnet_weights(model: nn.Module) -> None:
+    """He (fan_out) init for convs, BN scale 1 and shift 0 (torchvision's ResNet init)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def _apply_mask(out: Tensor, mask: Tensor) -> Tensor:
     """out (N, C, H, W) * mask (N, C) broadcast over H, W; keeps out's dtype (bf16 under autocast)."""
     return out * mask.to(out.dtype)[:, :, None, None]

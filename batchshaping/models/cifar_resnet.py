@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from batchshaping.models.blocks import BasicBlock, GateConfig, conv1x1, conv3x3
+from batchshaping.models.blocks import BasicBlock, GateConfig, conv1x1, conv3x3, init_resnet_weights
 from batchshaping.models.registry import register
 
 
@@ -55,12 +55,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._make_layer(widths[2], n, 2, gate)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[2], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_weights(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int, gate: GateConfig | None) -> nn.Sequential:
         downsample = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from batchshaping.models.blocks import BasicBlock, Bottleneck, GateConfig, conv1x1
+from batchshaping.models.blocks import BasicBlock, Bottleneck, GateConfig, conv1x1, init_resnet_weights
 from batchshaping.models.registry import register
 
 
@@ -38,12 +38,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(block, 512, layers[3], 2, gate, replace_stride_with_dilation[2])
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512 * block.expansion, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_weights(self)
         if zero_init_residual:
             for m in self.modules():
                 last_bn = m.bn3 if isinstance(m, Bottleneck) else m.bn2 if isinstance(m, BasicBlock) else None

@@ -8,14 +8,7 @@ from batchshaping.gates import force_gates, gate_outputs
 from batchshaping.macs import MacCounter
 from batchshaping.models.pspnet import PSPNet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread; several contend badly on a shared 2-core machine (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
