@@ -240,7 +240,41 @@ def _choose(mode: str, mask: Tensor, work: int, group_min_work: int) -> str:
     return "union"
 
 
-class ConditionalBasicBlock(nn.Module):
+class _ConditionalBlock(nn.Module):
+    """What both folded gated blocks share: run the gate, then pick the batch path (see ``batch_mode``).
+
+    Subclasses define ``gate``, ``shortcut``, ``numel``, ``group_min_work``, ``subset`` and ``masked``.
+    """
+
+    def grouped(self, x: Tensor, sc: Tensor, mask: Tensor) -> Tensor:
+        """One ``subset`` call per distinct row of the (N, G) mask; results scattered back in batch order."""
+        uniq, inv = torch.unique(mask, dim=0, return_inverse=True)
+        if uniq.shape[0] == 1:
+            return self.subset(x, sc, uniq[0], None)
+        out = torch.empty(0)
+        for g in range(uniq.shape[0]):
+            rows = (inv == g).nonzero().flatten()
+            y = self.subset(x.index_select(0, rows), sc.index_select(0, rows), uniq[g], None)
+            if g == 0:
+                out = y.new_empty([x.shape[0], y.shape[1], y.shape[2], y.shape[3]])
+            out.index_copy_(0, rows, y)
+        return out
+
+    def forward(self, x: Tensor, mode: str) -> Tensor:
+        mask = self.gate(x)
+        self.last_mask = mask
+        sc = self.shortcut(x)
+        if x.shape[0] == 1:
+            return self.subset(x, sc, mask[0], None)
+        how = _choose(mode, mask, x.shape[2] * x.shape[3] * self.numel, self.group_min_work)
+        if how == "union":
+            return self.subset(x, sc, mask.any(0), mask.to(x.dtype))
+        if how == "masked":
+            return self.masked(x, sc, mask)
+        return self.grouped(x, sc, mask)
+
+
+class ConditionalBasicBlock(_ConditionalBlock):
     """Folded gated BasicBlock: x (N, C_in, H, W) -> (N, planes, H/s, W/s); skips closed channels.
 
     ``last_mask`` keeps the (N, planes) bool gates of the last forward pass.
@@ -278,35 +312,8 @@ class ConditionalBasicBlock(nn.Module):
         h = self.conv1.run(x).relu_().mul_(mask.to(x.dtype)[:, :, None, None])
         return self.conv2.run(h).add_(sc).relu_()
 
-    def grouped(self, x: Tensor, sc: Tensor, mask: Tensor) -> Tensor:
-        """One ``subset`` call per distinct row of the (N, G) mask; results scattered back in batch order."""
-        uniq, inv = torch.unique(mask, dim=0, return_inverse=True)
-        if uniq.shape[0] == 1:
-            return self.subset(x, sc, uniq[0], None)
-        out = torch.empty(0)
-        for g in range(uniq.shape[0]):
-            rows = (inv == g).nonzero().flatten()
-            y = self.subset(x.index_select(0, rows), sc.index_select(0, rows), uniq[g], None)
-            if g == 0:
-                out = y.new_empty([x.shape[0], y.shape[1], y.shape[2], y.shape[3]])
-            out.index_copy_(0, rows, y)
-        return out
 
-    def forward(self, x: Tensor, mode: str) -> Tensor:
-        mask = self.gate(x)
-        self.last_mask = mask
-        sc = self.shortcut(x)
-        if x.shape[0] == 1:
-            return self.subset(x, sc, mask[0], None)
-        how = _choose(mode, mask, x.shape[2] * x.shape[3] * self.numel, self.group_min_work)
-        if how == "union":
-            return self.subset(x, sc, mask.any(0), mask.to(x.dtype))
-        if how == "masked":
-            return self.masked(x, sc, mask)
-        return self.grouped(x, sc, mask)
-
-
-class ConditionalBottleneck(nn.Module):
+class ConditionalBottleneck(_ConditionalBlock):
     """Folded gated Bottleneck: x (N, C_in, H, W) -> (N, 4 * width, H/s, W/s); skips closed channels.
 
     The gate has 2 * width outputs: [conv1 gates, conv2 gates]. ``last_mask``: (N, 2 * width) bool.
@@ -366,33 +373,6 @@ class ConditionalBottleneck(nn.Module):
         h = self.conv1.run(x).relu_().mul_(m[:, : self.width])
         h = self.conv2.run(h).relu_().mul_(m[:, self.width :])
         return self.conv3.run(h).add_(sc).relu_()
-
-    def grouped(self, x: Tensor, sc: Tensor, mask: Tensor) -> Tensor:
-        """As :meth:`ConditionalBasicBlock.grouped`."""
-        uniq, inv = torch.unique(mask, dim=0, return_inverse=True)
-        if uniq.shape[0] == 1:
-            return self.subset(x, sc, uniq[0], None)
-        out = torch.empty(0)
-        for g in range(uniq.shape[0]):
-            rows = (inv == g).nonzero().flatten()
-            y = self.subset(x.index_select(0, rows), sc.index_select(0, rows), uniq[g], None)
-            if g == 0:
-                out = y.new_empty([x.shape[0], y.shape[1], y.shape[2], y.shape[3]])
-            out.index_copy_(0, rows, y)
-        return out
-
-    def forward(self, x: Tensor, mode: str) -> Tensor:
-        mask = self.gate(x)
-        self.last_mask = mask
-        sc = self.shortcut(x)
-        if x.shape[0] == 1:
-            return self.subset(x, sc, mask[0], None)
-        how = _choose(mode, mask, x.shape[2] * x.shape[3] * self.numel, self.group_min_work)
-        if how == "union":
-            return self.subset(x, sc, mask.any(0), mask.to(x.dtype))
-        if how == "masked":
-            return self.masked(x, sc, mask)
-        return self.grouped(x, sc, mask)
 
 
 class DenseBlock(nn.Module):
