@@ -368,27 +368,25 @@ def fit(
     model = model.to(device, memory_format=fmt)
     if isinstance(train_data, tuple | list) and mean is None:
         mean, std = _mean_std(torch.as_tensor(train_data[0]))
-    common = dict(device=device, mean=mean or [0.0], std=std or [1.0])
-    tensor_kw = dict(seed=cfg.seed, channels_last=cfg.channels_last)
-    is_tensors = isinstance(train_data, tuple | list)
-    train_loader = as_loader(
+
+    def loader(data: Any, batch_size: int, train: bool, **tensor_kw: Any) -> Any:
+        """(x, y) tensors -> TensorLoader with this run's seed and sharding; DataLoaders pass through."""
+        if isinstance(data, tuple | list):
+            tensor_kw.update(seed=cfg.seed)
+        else:
+            tensor_kw = {}
+        kw = dict(mean=mean or [0.0], std=std or [1.0], channels_last=cfg.channels_last, **tensor_kw)
+        return as_loader(data, batch_size, train, device, **kw)
+
+    train_loader = loader(
         train_data,
         cfg.data.batch_size // dinfo.world_size,
         True,
-        **common,
-        **(
-            dict(tensor_kw, augment=cfg.data.augment, rank=dinfo.rank, world_size=dinfo.world_size)
-            if is_tensors
-            else {"channels_last": cfg.channels_last}
-        ),
+        augment=cfg.data.augment,
+        rank=dinfo.rank,
+        world_size=dinfo.world_size,
     )
-    test_loader = as_loader(
-        test_data,
-        cfg.data.eval_batch_size,
-        False,
-        **common,
-        **(tensor_kw if isinstance(test_data, tuple | list) else {"channels_last": cfg.channels_last}),
-    )
+    test_loader = loader(test_data, cfg.data.eval_batch_size, False)
     if input_shape is None:
         x0, _ = next(iter(test_loader))
         input_shape = tuple(x0.shape[1:])
