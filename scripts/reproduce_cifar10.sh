@@ -9,24 +9,29 @@
 set -euo pipefail
 EPOCHS=${EPOCHS:-30}
 DATA=${DATA:-../shared/data/cifar10}
-declare -A RUNS=(
-  [resnet20]="--config configs/cifar10_resnet20_cpu.yaml"
-  [resnet32]="--config configs/cifar10_resnet32_cpu.yaml"
-  [resnet56]="--config configs/cifar10_resnet56.yaml --set eval_every=1"
-  [gated_resnet32_bs_l0_0.002]="--config configs/cifar10_gated_resnet32_cpu.yaml --set loss.l0_weight=0.002"
-  [gated_resnet32_bs_l0_0.003]="--config configs/cifar10_gated_resnet32_cpu.yaml --set loss.l0_weight=0.003"
-  [gated_resnet32_l0only_0.002]="--config configs/cifar10_gated_resnet32_l0only_cpu.yaml --set loss.l0_weight=0.002"
-)
-ORDER=(resnet20 gated_resnet32_bs_l0_0.002 gated_resnet32_l0only_0.002 resnet32 gated_resnet32_bs_l0_0.003 resnet56)
+# Run names: resnet20 | resnet32 | resnet56 | gated_resnet32_bs_l0_<w> | gated_resnet32_l0only_<w>, where <w>
+# is the L0 weight (sum over gates), so a sweep point is just another name.
+args_for() {
+  case "$1" in
+    resnet20|resnet32) echo "--config configs/cifar10_$1_cpu.yaml" ;;
+    resnet56) echo "--config configs/cifar10_resnet56.yaml --set eval_every=1" ;;
+    gated_resnet32_bs_l0_*) echo "--config configs/cifar10_gated_resnet32_cpu.yaml --set loss.l0_weight=${1##*_}" ;;
+    gated_resnet32_l0only_*) echo "--config configs/cifar10_gated_resnet32_l0only_cpu.yaml --set loss.l0_weight=${1##*_}" ;;
+    *) echo "unknown run name: $1 (see the list at the top of $0)" >&2; return 2 ;;
+  esac
+}
+ORDER=(resnet20 gated_resnet32_bs_l0_0.001 gated_resnet32_l0only_0.001 resnet32 gated_resnet32_bs_l0_0.002 resnet56)
 [ $# -gt 0 ] && ORDER=("$@")
+for name in "${ORDER[@]}"; do args_for "$name" >/dev/null; done  # fail before any run starts
 for name in "${ORDER[@]}"; do
   run="${name}_e${EPOCHS}"
   out="runs/repro/$run"
   resume=""
   [ -f "$out/last.pt" ] && resume="--resume"
   echo "== $run"
+  args=$(args_for "$name")
   # shellcheck disable=SC2086
-  batchshaping train ${RUNS[$name]} --set epochs="$EPOCHS" --set progress=false --data-dir "$DATA" --out "$out" $resume
+  batchshaping train $args --set epochs="$EPOCHS" --set progress=false --data-dir "$DATA" --out "$out" $resume
   mkdir -p "results/cifar10/$run"
   cp "$out/summary.json" "$out/log.jsonl" "$out/config.yaml" "results/cifar10/$run/"
 done
