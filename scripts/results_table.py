@@ -1,8 +1,12 @@
-"""Build the measured-results table of RESULTS.md from results/cifar10/<run>/{summary,config}.json|yaml.
+"""Build the measured-results tables of RESULTS.md, and the headline of README.md, from
+results/cifar10/<run>/{summary.json,config.yaml}.
 
-    python scripts/results_table.py            # prints the markdown table
-    python scripts/results_table.py --write    # replaces the table between the markers in RESULTS.md
+    python scripts/results_table.py            # prints the tables and the headline
+    python scripts/results_table.py --write    # replaces them between their markers in RESULTS.md / README.md
 
+One table per protocol (epoch count), longest protocol first: runs of different lengths are not compared.
+The headline is, for the longest protocol that has both, dense resnet20 against the most accurate
+gated_resnet32 run with batch-shaping whose mean MACs are at most resnet20's.
 Every number comes from a run's summary.json (written by ``batchshaping train``); nothing is typed in.
 """
 
@@ -18,37 +22,82 @@ import yaml
 import batchshaping as bs
 
 ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
+MARKERS = {
+    "RESULTS.md": ("<!-- results-table:begin -->", "<!-- results-table:end -->"),
+    "README.md": ("<!-- headline:begin -->", "<!-- headline:end -->"),
+}
+HEADER = (
+    "| run | model | BS weight | L0 weight | top-1 | mean MMACs | ratio to own dense | ratio to resnet20 "
+    "| gates on / off / cond. (%) | epochs | wall time | machine | command |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
-def rows(results: Path) -> list[str]:
-    r20 = bs.dense_macs(bs.create_model("resnet20"), (3, 32, 32))
-    out = [
-        "| run | model | BS weight | L0 weight | top-1 | mean MMACs | ratio to own dense | ratio to resnet20 "
-        "| gates on / off / cond. (%) | epochs | wall time | machine | command |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def load_runs(results: Path) -> list[dict]:
+    """One dict per run folder: name, summary, config, whether gated."""
+    runs = []
     for d in sorted(p for p in results.iterdir() if (p / "summary.json").exists()):
         s = json.loads((d / "summary.json").read_text())
         cfg = yaml.safe_load((d / "config.yaml").read_text())
-        gated = bs.model_info(s["model"]).gated
-        gates = (
-            f"{100 * s['gates_always_on']:.1f} / {100 * s['gates_always_off']:.1f} / "
-            f"{100 * s['gates_conditional']:.1f}"
-            if gated
-            else "-"
-        )
-        run, epochs = d.name, s["epochs"]
-        name = run.rsplit("_e", 1)[0]
-        out.append(
-            f"| {run} | {s['model']} | {cfg['loss']['bs_weight'] if gated else '-'} | "
-            f"{cfg['loss']['l0_weight'] if gated else '-'} | {100 * s['top1']:.2f}% | "
-            f"{s['macs_mean'] / 1e6:.2f} | "
-            f"{s['mac_ratio']:.3f} | {s['macs_mean'] / r20:.3f} | {gates} | {epochs} | "
-            f"{s['wall_time_s'] / 60:.0f} min | {s.get('machine', s['device'])} ({s['precision']}) | "
-            f"`EPOCHS={epochs} bash scripts/reproduce_cifar10.sh {name}` |"
-        )
-    return out
+        runs.append({"run": d.name, "s": s, "cfg": cfg, "gated": bs.model_info(s["model"]).gated})
+    return runs
+
+
+def row(r: dict, r20_macs: float) -> str:
+    s, cfg, gated = r["s"], r["cfg"], r["gated"]
+    gates = (
+        f"{100 * s['gates_always_on']:.1f} / {100 * s['gates_always_off']:.1f} / "
+        f"{100 * s['gates_conditional']:.1f}"
+        if gated
+        else "-"
+    )
+    epochs, name = s["epochs"], r["run"].rsplit("_e", 1)[0]
+    return (
+        f"| {r['run']} | {s['model']} | {cfg['loss']['bs_weight'] if gated else '-'} | "
+        f"{cfg['loss']['l0_weight'] if gated else '-'} | {100 * s['top1']:.2f}% | "
+        f"{s['macs_mean'] / 1e6:.2f} | "
+        f"{s['mac_ratio']:.3f} | {s['macs_mean'] / r20_macs:.3f} | {gates} | {epochs} | "
+        f"{s['wall_time_s'] / 60:.0f} min | {s.get('machine', s['device'])} ({s['precision']}) | "
+        f"`EPOCHS={epochs} bash scripts/reproduce_cifar10.sh {name}` |"
+    )
+
+
+def tables(runs: list[dict], r20_macs: float) -> str:
+    parts = []
+    for epochs in sorted({r["s"]["epochs"] for r in runs}, reverse=True):
+        parts.append(f"**{epochs}-epoch protocol**\n\n{HEADER}")
+        parts[-1] += "".join("\n" + row(r, r20_macs) for r in runs if r["s"]["epochs"] == epochs)
+    return "\n\n".join(parts)
+
+
+def headline(runs: list[dict], r20_macs: float) -> str:
+    for epochs in sorted({r["s"]["epochs"] for r in runs}, reverse=True):
+        dense = [r for r in runs if r["s"]["epochs"] == epochs and r["s"]["model"] == "resnet20"]
+        gated = [
+            r
+            for r in runs
+            if r["s"]["epochs"] == epochs
+            and r["s"]["model"] == "gated_resnet32"
+            and r["cfg"]["loss"]["bs_weight"] > 0
+            and r["s"]["macs_mean"] <= r20_macs
+        ]
+        if dense and gated:
+            best = max(gated, key=lambda r: r["s"]["top1"])
+            return (
+                f"Headline ({epochs}-epoch CPU protocol, CIFAR-10; every row and its command are in "
+                f"RESULTS.md):\n\n"
+                f"{HEADER}\n{row(dense[0], r20_macs)}\n{row(best, r20_macs)}"
+            )
+    return "No protocol has both a resnet20 run and a gated_resnet32 run at or below its MACs yet."
+
+
+def replace(path: Path, begin: str, end: str, body: str) -> None:
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path} lacks the markers {begin} ... {end}: add them where the text should go")
+    pattern = f"{re.escape(begin)}.*?{re.escape(end)}"
+    path.write_text(re.sub(pattern, f"{begin}\n{body}\n{end}", text, flags=re.S))
+    print(f"updated {path}")
 
 
 def main() -> None:
@@ -56,15 +105,14 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "cifar10")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
-    table = "\n".join(rows(args.results))
-    if not args.write:
-        print(table)
-        return
-    path = ROOT / "RESULTS.md"
-    text = path.read_text()
-    new = re.sub(f"{re.escape(BEGIN)}.*?{re.escape(END)}", f"{BEGIN}\n{table}\n{END}", text, flags=re.S)
-    path.write_text(new)
-    print(f"updated {path}")
+    r20_macs = bs.dense_macs(bs.create_model("resnet20"), (3, 32, 32))
+    runs = load_runs(args.results)
+    body = {"RESULTS.md": tables(runs, r20_macs), "README.md": headline(runs, r20_macs)}
+    for file, text in body.items():
+        if args.write:
+            replace(ROOT / file, *MARKERS[file], text)
+        else:
+            print(text, end="\n\n")
 
 
 if __name__ == "__main__":
