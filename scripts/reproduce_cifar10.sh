@@ -9,13 +9,15 @@
 set -euo pipefail
 EPOCHS=${EPOCHS:-30}
 DATA=${DATA:-../shared/data/cifar10}
-# Run names: resnet20 | resnet32 | resnet56 | gated_resnet32_bs_l0_<w> | gated_resnet32_l0only_<w>, where <w>
-# is the L0 weight (sum over gates), so a sweep point is just another name.
+# Run names: resnet20 | resnet32 | resnet56 | gated_resnet32_bs_l0_<w> | gated_resnet32_bs10_l0_<w> |
+# gated_resnet32_l0only_<w>, where <w> is the L0 weight (sum over gates), so a sweep point is just another name.
 args_for() {
   case "$1" in
     resnet20|resnet32) echo "--config configs/cifar10_$1_cpu.yaml" ;;
     resnet56) echo "--config configs/cifar10_resnet56.yaml --set eval_every=1" ;;
     gated_resnet32_bs_l0_*) echo "--config configs/cifar10_gated_resnet32_cpu.yaml --set loss.l0_weight=${1##*_}" ;;
+    # The batch-shaping phase over the first 10% of the epochs instead of 20%: the short-schedule comparison.
+    gated_resnet32_bs10_l0_*) echo "--config configs/cifar10_gated_resnet32_cpu.yaml --set loss.bs_end=0.1 --set loss.l0_weight=${1##*_}" ;;
     gated_resnet32_l0only_*) echo "--config configs/cifar10_gated_resnet32_l0only_cpu.yaml --set loss.l0_weight=${1##*_}" ;;
     *) echo "unknown run name: $1 (see the list at the top of $0)" >&2; return 2 ;;
   esac
