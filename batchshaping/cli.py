@@ -55,17 +55,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from batchshaping.checkpoint import load_model
-    from batchshaping.data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader, load_cifar10, resolve_data_dir
-    from batchshaping.macs import MacCounter
-    from batchshaping.train import evaluate, resolve_precision
 
     model, cfg = load_model(args.checkpoint)
     device = torch.device("cpu" if not torch.cuda.is_available() else "cuda")
     model.to(device)
-    data = load_cifar10(resolve_data_dir(args.data_dir or cfg.data.root))
-    loader = TensorLoader(data.x_test, data.y_test, args.batch_size, False, device, CIFAR10_MEAN, CIFAR10_STD)
-    counter = MacCounter(model, (3, 32, 32))
-    metrics = evaluate(model, loader, counter, resolve_precision("auto", device)).metrics()
+    if cfg.data.dataset == "cifar10":
+        from batchshaping.data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader, load_cifar10, resolve_data_dir
+        from batchshaping.macs import MacCounter
+        from batchshaping.train import evaluate, resolve_precision
+
+        data = load_cifar10(resolve_data_dir(args.data_dir or cfg.data.root))
+        bs = args.batch_size or 500
+        loader = TensorLoader(data.x_test, data.y_test, bs, False, device, CIFAR10_MEAN, CIFAR10_STD)
+        counter = MacCounter(model, (3, 32, 32))
+        metrics = evaluate(model, loader, counter, resolve_precision("auto", device)).metrics()
+    else:  # ImageNet / Cityscapes: the validation set of the checkpoint's config
+        from batchshaping.tasks import evaluate_dataset
+
+        metrics = evaluate_dataset(model, cfg, args.data_dir, args.batch_size)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -99,10 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on the CIFAR-10 test set")
+    e = sub.add_parser(
+        "eval", help="evaluate a checkpoint on its dataset's test set (CIFAR-10, ImageNet or Cityscapes val)"
+    )
     e.add_argument("checkpoint")
-    e.add_argument("--data-dir")
-    e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--data-dir", help="dataset folder (default: the checkpoint config's data.root)")
+    e.add_argument("--batch-size", type=int, help="default: 500 for CIFAR-10, data.eval_batch_size otherwise")
     e.set_defaults(func=cmd_eval)
 
     a = sub.add_parser("analyze", help="gate statistics, compute versus difficulty, plots and report.md")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -278,10 +278,18 @@ def _subset(ds: torch.utils.data.Dataset, n: int | None) -> torch.utils.data.Dat
 # ------------------------------------------------------------------------------------------ entry point
 
 
-def run_dataset_training(
-    cfg: TrainConfig, data_dir: str | None = None, out_dir: str | Path | None = None, resume: bool = False
-) -> dict[str, Any]:
-    """``batchshaping train`` for ``data.dataset`` imagenet or cityscapes; returns fit's summary.
+class DatasetSetup(NamedTuple):
+    """What training and evaluation need to know about an ImageNet or Cityscapes folder."""
+
+    train_set: torch.utils.data.Dataset
+    val_set: torch.utils.data.Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]  # (3, H, W) at which MACs are counted
+    task: Task
+
+
+def dataset_setup(cfg: TrainConfig, data_dir: str | None = None) -> DatasetSetup:
+    """Datasets, classes, MAC input shape and task for ``data.dataset`` imagenet or cityscapes.
 
     Data folder: ``data_dir``, else ``cfg.data.root``, else $BATCHSHAPING_DATA. ImageNet: classes from
     ``train/``, MACs at 3 x image_size x image_size. Cityscapes: 19 classes, training crops of
@@ -289,7 +297,6 @@ def run_dataset_training(
     """
     from batchshaping.data import DataNotFoundError
     from batchshaping.data.cityscapes import CITYSCAPES_CLASSES, IGNORE_INDEX, cityscapes_datasets
-    from batchshaping.data.image_transforms import IMAGENET_MEAN, IMAGENET_STD
     from batchshaping.data.imagenet import imagenet_datasets
 
     dataset = cfg.data.dataset
@@ -304,26 +311,33 @@ def run_dataset_training(
             f"model {cfg.model!r} ({family}) does not fit data.dataset {dataset!r}: "
             "cityscapes needs a segmentation model (gated_pspnet50, pspnet50), imagenet a classifier"
         )
-    task: Task
     if dataset == "imagenet":
         train_set, val_set = imagenet_datasets(root, cfg.data.image_size, cfg.data.augment)
         num_classes = cfg.num_classes or len(train_set.classes)
         if num_classes != len(train_set.classes):
             raise ConfigError(f"num_classes {num_classes} but {root!r} has {len(train_set.classes)} classes")
-        input_shape = (3, cfg.data.image_size, cfg.data.image_size)
-        task = Task()
-    else:
-        eval_size = cfg.data.eval_size
-        if eval_size is not None and (len(eval_size) != 2 or min(eval_size) < 1):
-            raise ConfigError(f"config key 'data.eval_size' is [height, width], got {eval_size}")
-        num_classes = len(CITYSCAPES_CLASSES)
-        if cfg.num_classes not in (None, num_classes):
-            raise ConfigError(f"Cityscapes has {num_classes} classes; num_classes is {cfg.num_classes}")
-        ev = tuple(eval_size) if eval_size is not None else None
-        train_set, val_set = cityscapes_datasets(root, cfg.data.image_size, ev, cfg.data.augment)
-        input_shape = (3, *(ev or val_set.image_size()))
-        task = SegmentationTask(num_classes, IGNORE_INDEX, CITYSCAPES_CLASSES)
+        size = cfg.data.image_size
+        return DatasetSetup(train_set, val_set, num_classes, (3, size, size), Task())
+    eval_size = cfg.data.eval_size
+    if eval_size is not None and (len(eval_size) != 2 or min(eval_size) < 1):
+        raise ConfigError(f"config key 'data.eval_size' is [height, width], got {eval_size}")
+    num_classes = len(CITYSCAPES_CLASSES)
+    if cfg.num_classes not in (None, num_classes):
+        raise ConfigError(f"Cityscapes has {num_classes} classes; num_classes is {cfg.num_classes}")
+    ev = tuple(eval_size) if eval_size is not None else None
+    train_set, val_set = cityscapes_datasets(root, cfg.data.image_size, ev, cfg.data.augment)
+    task = SegmentationTask(num_classes, IGNORE_INDEX, CITYSCAPES_CLASSES)
+    return DatasetSetup(train_set, val_set, num_classes, (3, *(ev or val_set.image_size())), task)
 
+
+def run_dataset_training(
+    cfg: TrainConfig, data_dir: str | None = None, out_dir: str | Path | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """``batchshaping train`` for ``data.dataset`` imagenet or cityscapes (see :func:`dataset_setup`);
+    returns fit's summary."""
+    from batchshaping.data.image_transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    train_set, val_set, num_classes, input_shape, task = dataset_setup(cfg, data_dir)
     dinfo = init_distributed()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, num_classes)
@@ -369,3 +383,23 @@ def format_task_summary(s: dict[str, Any]) -> str:
             f"(mean on-rate {s['gate_on_rate_mean']:.3f})",
         ]
     )
+
+
+def evaluate_dataset(
+    model: nn.Module, cfg: TrainConfig, data_dir: str | None = None, batch_size: int | None = None
+) -> dict[str, Any]:
+    """``batchshaping eval`` for imagenet or cityscapes: ``cfg``'s task metrics of ``model`` on the whole
+    validation set (top-1/top-5 or mIoU, conditional MACs, gate statistics)."""
+    from batchshaping.data import DeviceLoader
+    from batchshaping.train import resolve_precision
+
+    setup = dataset_setup(cfg, data_dir)
+    device = next(model.parameters()).device
+    loader = DeviceLoader(
+        torch.utils.data.DataLoader(
+            setup.val_set, batch_size or cfg.data.eval_batch_size, num_workers=cfg.data.workers
+        ),
+        device,
+    )
+    counter = MacCounter(model, setup.input_shape)
+    return setup.task.evaluate(model, loader, counter, resolve_precision(cfg.precision, device))

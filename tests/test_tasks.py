@@ -172,6 +172,10 @@ def test_cli_trains_gated_resnet50_on_a_tiny_imagenet_from_dense_weights(tmp_pat
     printed = capsys.readouterr().out
     # 16 gates x 7 tensors (fc1, bn weight/bias/running stats, fc2); BN fills in its own step counter.
     assert "112 gate tensors at their initialisation" in printed and "top-5" in printed
+    # `batchshaping eval` re-evaluates the checkpoint on the validation set of its config.
+    assert main(["eval", str(out / "last.pt")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["top1"] == summary["top1"] and metrics["macs_dense"] == summary["macs_dense"]
 
 
 def test_cli_trains_gated_pspnet50_on_a_tiny_cityscapes(tmp_path, capsys):
@@ -191,6 +195,9 @@ def test_cli_trains_gated_pspnet50_on_a_tiny_cityscapes(tmp_path, capsys):
     log = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
     assert 0 <= log[0]["train_acc"] <= 1 and math.isfinite(log[0]["train_loss"])
     assert "mIoU" in capsys.readouterr().out
+    assert main(["eval", str(out / "last.pt")]) == 0  # the checkpoint's config names the data
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["miou"] == summary["miou"] and metrics["macs_mean"] == summary["macs_mean"]
 
 
 def test_cli_bad_layouts_and_mismatches_exit_with_a_clear_error(tmp_path, capsys):
