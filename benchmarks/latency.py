@@ -286,9 +286,11 @@ def run_batched(data: Path, quick: bool) -> list[dict]:
 
 
 _CATEGORIES = {
-    "conv": ("aten::conv2d", "aten::linear"),  # + 1x1 convs run as addmm (see profile_breakdown)
+    "conv": ("aten::conv2d", "aten::linear", "aten::mkldnn_convolution"),  # + 1x1 convs run as addmm
     "weight gather": ("aten::index_select",),
-    "gate MLP + decision": ("aten::addmm", "aten::gt", "aten::nonzero", "aten::full", "aten::mean"),
+    "gate MLP + decision": (
+        *("aten::addmm", "aten::gt", "aten::nonzero", "aten::full", "aten::mean", "aten::sum"),
+    ),
     "elementwise": ("aten::relu_", "aten::add_", "aten::add", "aten::mul_", "aten::relu", "aten::pad"),
 }
 
