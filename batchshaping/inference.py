@@ -143,8 +143,7 @@ class FoldedConv(nn.Module):
         if self.pointwise and x.shape[0] == 1:
             # 1x1 conv of one image = one GEMM with the bias fused: (C_out, C_in) @ (C_in, H * W).
             n, c, h, wd = x.shape
-            w2 = w.flatten(1) if w.is_contiguous() else w[:, :, 0, 0]
-            return torch.addmm(b[:, None], w2, x.reshape(c, h * wd)).view(1, -1, h, wd)
+            return torch.addmm(b[:, None], w[:, :, 0, 0], x.reshape(c, h * wd)).view(1, -1, h, wd)
         if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32:
             return torch.ops.aten.mkldnn_convolution(
                 x.contiguous(), w, b, self.padding, self.stride, self.dilation, 1
