@@ -90,7 +90,7 @@ class FoldedConv(nn.Module):
     channel at index C_out: indexing it yields an output channel that is exactly 0 (after ReLU too), which
     pads channel subsets to aligned sizes (see :func:`_open_idx`). With ``columns_t`` (1x1 convs that read a
     channel subset) a transposed copy of the weight, (C_in, C_out), turns the column gather into a row gather
-    (contiguous copies: 0.46 vs 0.66 ms for a ResNet-50 layer4 conv3 at half its inputs).
+    (contiguous copies; the measured gain is small and noisy, see benchmarks/README.md).
     """
 
     def __init__(
@@ -114,7 +114,7 @@ class FoldedConv(nn.Module):
         # Measured crossover of the single flat gather vs rows-then-columns (ResNet-50: layers 3 and 4).
         self.flat_gather: bool = conv.kernel_size != (1, 1) and conv.in_channels * conv.out_channels >= 2**15
         # F.conv2d sends a batch-1 input of <= 20480 elements to the slow im2col path (a heuristic for small
-        # convs); for the subsets of ResNet-50's layer4 3x3 convs (k x 7 x 7) oneDNN is faster there.
+        # convs); for the subsets of ResNet-50's layer4 3x3 convs (k x 7 x 7) oneDNN is as fast or faster.
         self.onednn: bool = self.flat_gather and torch.backends.mkldnn.is_available()
 
     def run(self, x: Tensor, out_idx: Tensor | None = None, in_idx: Tensor | None = None) -> Tensor:
