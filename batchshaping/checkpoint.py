@@ -102,10 +102,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
     """Rebuild the model of a checkpoint and load its weights. Returns (model in eval mode, TrainConfig)."""
+    return model_from_checkpoint(load_checkpoint(path, map_location), map_location)
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, Any]:
+    """:func:`load_model` for a checkpoint dict already loaded with :func:`load_checkpoint`."""
     from batchshaping.config import config_from_dict
     from batchshaping.train import build_model
 
-    ckpt = load_checkpoint(path, map_location)
     cfg = config_from_dict(ckpt["config"])
     model = build_model(cfg, ckpt.get("num_classes"))
     model.load_state_dict(ckpt["model"])

@@ -54,9 +54,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from batchshaping.checkpoint import load_model
+    from batchshaping.checkpoint import load_checkpoint, model_from_checkpoint
 
-    model, cfg = load_model(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint)
+    model, cfg = model_from_checkpoint(ckpt)
     device = torch.device("cpu" if not torch.cuda.is_available() else "cuda")
     model.to(device)
     if cfg.data.dataset == "cifar10":
@@ -72,7 +73,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:  # ImageNet / Cityscapes: the validation set of the checkpoint's config
         from batchshaping.tasks import evaluate_dataset
 
-        metrics = evaluate_dataset(model, cfg, args.data_dir, args.batch_size)
+        metrics = evaluate_dataset(model, cfg, args.data_dir, args.batch_size, ckpt.get("class_names"))
     print(json.dumps(metrics, indent=2))
     return 0
 

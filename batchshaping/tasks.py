@@ -281,23 +281,26 @@ def _subset(ds: torch.utils.data.Dataset, n: int | None) -> torch.utils.data.Dat
 class DatasetSetup(NamedTuple):
     """What training and evaluation need to know about an ImageNet or Cityscapes folder."""
 
-    train_set: torch.utils.data.Dataset
+    train_set: torch.utils.data.Dataset | None  # None when only evaluating (see dataset_setup)
     val_set: torch.utils.data.Dataset
     num_classes: int
     input_shape: tuple[int, int, int]  # (3, H, W) at which MACs are counted
     task: Task
 
 
-def dataset_setup(cfg: TrainConfig, data_dir: str | None = None) -> DatasetSetup:
+def dataset_setup(
+    cfg: TrainConfig, data_dir: str | None = None, class_names: list[str] | None = None
+) -> DatasetSetup:
     """Datasets, classes, MAC input shape and task for ``data.dataset`` imagenet or cityscapes.
 
     Data folder: ``data_dir``, else ``cfg.data.root``, else $BATCHSHAPING_DATA. ImageNet: classes from
-    ``train/``, MACs at 3 x image_size x image_size. Cityscapes: 19 classes, training crops of
-    image_size, evaluation and MACs at ``data.eval_size`` (default: the images' own size).
+    ``train/``, MACs at 3 x image_size x image_size; given ``class_names`` (a checkpoint's), only the
+    validation set is built and ``train/`` is not read (train_set None). Cityscapes: 19 classes, training
+    crops of image_size, evaluation and MACs at ``data.eval_size`` (default: the images' own size).
     """
     from batchshaping.data import DataNotFoundError
     from batchshaping.data.cityscapes import CITYSCAPES_CLASSES, IGNORE_INDEX, cityscapes_datasets
-    from batchshaping.data.imagenet import imagenet_datasets
+    from batchshaping.data.imagenet import imagenet_datasets, imagenet_val_dataset
 
     dataset = cfg.data.dataset
     if cfg.data.download:
@@ -312,12 +315,15 @@ def dataset_setup(cfg: TrainConfig, data_dir: str | None = None) -> DatasetSetup
             "cityscapes needs a segmentation model (gated_pspnet50, pspnet50), imagenet a classifier"
         )
     if dataset == "imagenet":
-        train_set, val_set = imagenet_datasets(root, cfg.data.image_size, cfg.data.augment)
+        size = cfg.data.image_size
+        if class_names is not None:
+            val_set = imagenet_val_dataset(root, class_names, size)
+            return DatasetSetup(None, val_set, len(class_names), (3, size, size), Task(class_names))
+        train_set, val_set = imagenet_datasets(root, size, cfg.data.augment)
         num_classes = cfg.num_classes or len(train_set.classes)
         if num_classes != len(train_set.classes):
             raise ConfigError(f"num_classes {num_classes} but {root!r} has {len(train_set.classes)} classes")
-        size = cfg.data.image_size
-        return DatasetSetup(train_set, val_set, num_classes, (3, size, size), Task())
+        return DatasetSetup(train_set, val_set, num_classes, (3, size, size), Task(train_set.classes))
     eval_size = cfg.data.eval_size
     if eval_size is not None and (len(eval_size) != 2 or min(eval_size) < 1):
         raise ConfigError(f"config key 'data.eval_size' is [height, width], got {eval_size}")
@@ -386,14 +392,19 @@ def format_task_summary(s: dict[str, Any]) -> str:
 
 
 def evaluate_dataset(
-    model: nn.Module, cfg: TrainConfig, data_dir: str | None = None, batch_size: int | None = None
+    model: nn.Module,
+    cfg: TrainConfig,
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+    class_names: list[str] | None = None,
 ) -> dict[str, Any]:
     """``batchshaping eval`` for imagenet or cityscapes: ``cfg``'s task metrics of ``model`` on the whole
-    validation set (top-1/top-5 or mIoU, conditional MACs, gate statistics)."""
+    validation set (top-1/top-5 or mIoU, conditional MACs, gate statistics). ``class_names``: the
+    checkpoint's ImageNet classes, so that only ``val/`` is read (older checkpoints: None, ``train/``)."""
     from batchshaping.data import DeviceLoader
     from batchshaping.train import resolve_precision
 
-    setup = dataset_setup(cfg, data_dir)
+    setup = dataset_setup(cfg, data_dir, class_names)
     device = next(model.parameters()).device
     loader = DeviceLoader(
         torch.utils.data.DataLoader(

@@ -18,7 +18,7 @@ import platform
 import random
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,6 +255,10 @@ class Task:
     #: Evaluation metric (higher is better) that selects best.pt; the summary reports it as best_<metric>.
     metric = "top1"
 
+    def __init__(self, class_names: Sequence[str] | None = None) -> None:
+        #: Class names in index order, stored in checkpoints (evaluation then needs no training folder).
+        self.class_names = class_names
+
     def loss(self, logits: Tensor, y: Tensor) -> Tensor:
         """Mean task loss (0-d) of a batch: logits (N, K), y (N,)."""
         return F.cross_entropy(logits.float(), y)
@@ -468,6 +472,7 @@ def fit(
                     "scaler": scaler.state_dict(),
                     "config": cfg.to_dict(),
                     "num_classes": num_classes,
+                    "class_names": list(task.class_names) if task.class_names is not None else None,
                     "epoch": epoch + 1,
                     "rng": rng_state(),
                     "best_top1": best_top1,

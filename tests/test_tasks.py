@@ -29,7 +29,7 @@ from batchshaping.tasks import (
 )
 from batchshaping.train import evaluate
 from tests.data.test_cityscapes import write_cityscapes
-from tests.data.test_imagenet import write_imagenet
+from tests.data.test_imagenet import CLASSES, write_imagenet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -172,7 +172,10 @@ def test_cli_trains_gated_resnet50_on_a_tiny_imagenet_from_dense_weights(tmp_pat
     printed = capsys.readouterr().out
     # 16 gates x 7 tensors (fc1, bn weight/bias/running stats, fc2); BN fills in its own step counter.
     assert "112 gate tensors at their initialisation" in printed and "top-5" in printed
-    # `batchshaping eval` re-evaluates the checkpoint on the validation set of its config.
+    # `batchshaping eval` re-evaluates the checkpoint on the validation set of its config. The checkpoint
+    # holds the class list, so evaluation reads only val/ (a machine with just the validation set).
+    assert torch.load(out / "last.pt", weights_only=False)["class_names"] == CLASSES
+    (root / "train").rename(tmp_path / "train_elsewhere")
     assert main(["eval", str(out / "last.pt")]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["top1"] == summary["top1"] and metrics["macs_dense"] == summary["macs_dense"]

@@ -99,6 +99,13 @@ class ImageFolder:
         return (self.transform(img) if self.transform is not None else img), target
 
 
+def _check_root(root: str | Path) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataNotFoundError(f"ImageNet root {str(root)!r} not found (set data.root or --data-dir)")
+    return root
+
+
 def imagenet_datasets(
     root: str | Path, image_size: int = 224, augment: bool = True
 ) -> tuple[ImageFolder, ImageFolder]:
@@ -107,9 +114,12 @@ def imagenet_datasets(
     Train samples: x float32 (3, image_size, image_size) normalised with the ImageNet mean/std, y int.
     Val: resize to image_size / 0.875 and centre crop. Val classes are train's (same indices).
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataNotFoundError(f"ImageNet root {str(root)!r} not found (set data.root or --data-dir)")
+    root = _check_root(root)
     train = ImageFolder(root / "train", transform=ClassificationTransform(image_size, True, augment))
-    val = ImageFolder(root / "val", train.classes, ClassificationTransform(image_size, False))
-    return train, val
+    return train, imagenet_val_dataset(root, train.classes, image_size)
+
+
+def imagenet_val_dataset(root: str | Path, classes: list[str], image_size: int = 224) -> ImageFolder:
+    """The val :class:`ImageFolder` of ``root`` for known training ``classes`` (e.g. from a checkpoint),
+    without reading ``train/``: evaluation needs only ``<root>/val``."""
+    return ImageFolder(_check_root(root) / "val", classes, ClassificationTransform(image_size, False))
