@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import batchshaping as bs
 from batchshaping.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, resolve_data_dir
+from batchshaping.data.augment import normalize
 from batchshaping.gates import ChannelGate, gate_outputs
 from batchshaping.losses import BatchShapingLoss
 
@@ -79,8 +80,7 @@ def main() -> None:
     x = torch.as_tensor(np.asarray(data.x_train[: args.images]))
     if x.shape[-1] == 3:  # NHWC uint8 -> NCHW
         x = x.permute(0, 3, 1, 2)
-    mean, std = torch.tensor(CIFAR10_MEAN)[:, None, None], torch.tensor(CIFAR10_STD)[:, None, None]
-    x = ((x.float() / 255 - mean) / std).contiguous()
+    x = normalize(x, CIFAR10_MEAN, CIFAR10_STD, channels_last=False)  # the training loaders' normalisation
     y = torch.as_tensor(np.asarray(data.y_train[: args.images])).long()
     t0 = time.perf_counter()
     rows = []
