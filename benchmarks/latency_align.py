@@ -26,9 +26,7 @@ def main() -> None:
     aligns = [int(v) for v in (sys.argv[1] if len(sys.argv) > 1 else "1,4,8,16").split(",")]
     torch.set_num_threads(1)
     model = bs.create_model("gated_resnet50").eval()
-    calib = L.load_images(L.CIFAR_TEST, 16, 112, seed=1)
-    L.recalibrate_bn(model, calib)
-    L.calibrate(model, calib[:8], 0.5, steps=10)
+    L.calibrate_untrained(model, L.CIFAR_TEST)
     x = L.load_images(L.CIFAR_TEST, 6, 224)
     warm = L.load_images(L.CIFAR_TEST, 2, 224, seed=2)
     twin = copy.deepcopy(model)

@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
 
     model = bs.create_model(args.model).eval()
-    calib = L.load_images(args.data, 16, 112, seed=1)
-    L.recalibrate_bn(model, calib)
-    L.calibrate(model, calib[:8], args.target_r, steps=10)
+    L.calibrate_untrained(model, args.data, args.target_r)
     twin = copy.deepcopy(model)
     force_gates(twin, 1.0)
     cond_core = compile_conditional(model, script=True).core

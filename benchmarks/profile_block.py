@@ -24,9 +24,7 @@ def main() -> None:
     index = int(sys.argv[1]) if len(sys.argv) > 1 else 14
     torch.set_num_threads(1)
     model = bs.create_model("gated_resnet50").eval()
-    calib = L.load_images(L.CIFAR_TEST, 16, 112, seed=1)
-    L.recalibrate_bn(model, calib)
-    L.calibrate(model, calib[:8], 0.5, steps=10)
+    L.calibrate_untrained(model, L.CIFAR_TEST)
     x = L.load_images(L.CIFAR_TEST, 1, 224)
     core = compile_conditional(model, script=False).core
     with torch.inference_mode():
