@@ -5,10 +5,13 @@
 #
 #   EPOCHS=30 DATA=../shared/data/cifar10 bash scripts/reproduce_cifar10.sh [run ...]
 #
+# SEED=N (default 0) repeats runs with another seed; their names get the suffix _s<N> (seed 0: none).
+#
 # Without arguments all runs below are done in order. Checkpoints stay in runs/ (never committed).
 set -euo pipefail
 EPOCHS=${EPOCHS:-30}
 DATA=${DATA:-../shared/data/cifar10}
+SEED=${SEED:-0}
 # Run names: resnet20 | resnet32 | resnet56 | gated_resnet32_bs_l0_<w> | gated_resnet32_bs10_l0_<w> |
 # gated_resnet32_l0only_<w>, where <w> is the L0 weight (sum over gates), so a sweep point is just another name.
 args_for() {
@@ -31,13 +34,14 @@ ORDER=(resnet20 gated_resnet32_bs_l0_0.001 gated_resnet32_l0only_0.025 resnet32 
 for name in "${ORDER[@]}"; do args_for "$name" >/dev/null; done  # fail before any run starts
 for name in "${ORDER[@]}"; do
   run="${name}_e${EPOCHS}"
+  [ "$SEED" != 0 ] && run="${run}_s${SEED}"
   out="runs/repro/$run"
   resume=""
   [ -f "$out/last.pt" ] && resume="--resume"
   echo "== $run"
   args=$(args_for "$name")
   # shellcheck disable=SC2086
-  batchshaping train $args --set epochs="$EPOCHS" --set progress=false --data-dir "$DATA" --out "$out" $resume
+  batchshaping train $args --set epochs="$EPOCHS" --set progress=false --set seed="$SEED" --data-dir "$DATA" --out "$out" $resume
   mkdir -p "results/cifar10/$run"
   cp "$out/summary.json" "$out/log.jsonl" "$out/config.yaml" "results/cifar10/$run/"
 done
