@@ -110,11 +110,12 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
 
 
 def _label(rows: list[dict[str, Any]]) -> None:
-    """Point labels: the model name, plus the run folder's name where a model appears twice in a kind."""
+    """Point labels: the model name, or the run folder's name where a model appears twice in a kind (run
+    names usually contain the model's; a short label keeps neighbouring points legible)."""
     seen = Counter((r["kind"], r["model"]) for r in rows)
     for r in rows:
         dup = seen[(r["kind"], r["model"])] > 1
-        r["label"] = f"{r['model']} ({Path(r['run']).name})" if dup else r["model"]
+        r["label"] = Path(r["run"]).name if dup else r["model"]
 
 
 def _fmt_time(s: float | None) -> str:

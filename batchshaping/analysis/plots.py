@@ -331,10 +331,13 @@ def accuracy_vs_macs(rows: Sequence[dict[str, Any]], title: str, path: Path) -> 
     fig, ax = _subplots(figsize=(8.5, 5.0))
     xs = np.array([r["macs"] / div for r in rows])
     ys = np.array([100 * r["top1"] for r in rows])
-    # Label placement in axis-normalised units, to step around labels of nearby (or identical) points.
+    # Label placement: each label's box is estimated in points from the data span (margins of 0.2 / 0.12
+    # below, ~6 x 4 inch axes, ~4.8 pt per character at fontsize 8); a label takes the first offset whose
+    # box overlaps no label placed before it, so long labels of nearby points do not print over each other.
     span = np.array([max(np.ptp(xs), 1e-9), max(np.ptp(ys), 1e-9)])
-    placed: list[tuple[np.ndarray, tuple[int, int]]] = []
-    offsets = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 15), (5, -22)]
+    pt_per_unit = np.array([6.0 * 72 / 1.4, 4.0 * 72 / 1.24]) / span  # points per data unit (x, y)
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 15), (5, -22), (-5, 15), (-5, -22)]
     for kind, style in KIND_STYLE.items():
         sel = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["macs"])
         if not sel:
@@ -347,14 +350,15 @@ def accuracy_vs_macs(rows: Sequence[dict[str, Any]], title: str, path: Path) -> 
         ax.plot(x, y, ls="-" if dense else "none", ms=8, mew=1.8, mfc=face, zorder=3 if dense else 4,
                 label="dense ResNets (curve)" if dense else kind, **style)  # fmt: skip
         for r, xi, yi in zip(sel, x, y, strict=True):
-            p = (np.array([xi, yi]) - [xs.min(), ys.min()]) / span
-            k = 0
-            while k < len(offsets) - 1 and any(
-                np.abs(p - q).max() < 0.06 and (o == offsets[k]) for q, o in placed
-            ):
-                k += 1
-            dx, dy = offsets[k]
-            placed.append((p, offsets[k]))
+            px, py = xi * pt_per_unit[0], yi * pt_per_unit[1]
+            width = 4.8 * len(r["label"])
+            for dx, dy in offsets:
+                x0 = px + dx if dx > 0 else px + dx - width
+                box = (x0, py + dy, x0 + width, py + dy + 9)
+                hit = (box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed)
+                if not any(hit):
+                    break
+            placed.append(box)
             ax.annotate(r["label"], (xi, yi), textcoords="offset points", xytext=(dx, dy), fontsize=8,
                         color=style["color"], ha="left" if dx > 0 else "right")  # fmt: skip
     ax.set_xlabel(f"mean MACs per image ({unit})")
