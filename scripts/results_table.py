@@ -27,8 +27,8 @@ MARKERS = {
     "README.md": ("<!-- headline:begin -->", "<!-- headline:end -->"),
 }
 HEADER = (
-    "| run | model | BS weight | L0 weight | top-1 | mean MMACs | ratio to own dense | ratio to resnet20 "
-    "| gates on / off / cond. (%) | epochs | wall time | machine | command |\n"
+    "| run | model | BS weight (phase) | L0 weight | top-1 | mean MMACs | ratio to own dense "
+    "| ratio to resnet20 | gates on / off / cond. (%) | epochs | wall time | machine | command |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -52,13 +52,18 @@ def row(r: dict, r20_macs: float) -> str:
         else "-"
     )
     epochs, name = s["epochs"], r["run"].rsplit("_e", 1)[0]
+    seed = cfg.get("seed", 0)
+    env = f"SEED={seed} EPOCHS={epochs}" if seed else f"EPOCHS={epochs}"
+    loss = cfg["loss"]
+    bs = f"{loss['bs_weight']} (first {loss['bs_end']:.0%})" if gated and loss["bs_weight"] else "0"
+    bs = bs if gated else "-"
     return (
-        f"| {r['run']} | {s['model']} | {cfg['loss']['bs_weight'] if gated else '-'} | "
+        f"| {r['run']} | {s['model']} | {bs} | "
         f"{cfg['loss']['l0_weight'] if gated else '-'} | {100 * s['top1']:.2f}% | "
         f"{s['macs_mean'] / 1e6:.2f} | "
         f"{s['mac_ratio']:.3f} | {s['macs_mean'] / r20_macs:.3f} | {gates} | {epochs} | "
         f"{s['wall_time_s'] / 60:.0f} min | {s.get('machine', s['device'])} ({s['precision']}) | "
-        f"`EPOCHS={epochs} bash scripts/reproduce_cifar10.sh {name}` |"
+        f"`{env} bash scripts/reproduce_cifar10.sh {name}` |"
     )
 
 
