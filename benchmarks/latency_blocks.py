@@ -8,13 +8,14 @@ ratio of every block can be set against that block's own MAC ratio r_b:
     r_b      (gate MACs + conditional conv MACs) / dense conv MACs of the block, per image, from the
              library's MacCounter and the block's realised gates (exact accounting, as in latency.py)
     ratio    cond / dense block latency: thread CPU time, 1 thread, TorchScript (compile_conditional's
-             default), per image the median of ``--repeats`` interleaved runs, then the mean over images
+             default), timed by latency.time_variants: per image the median of ``--repeats`` interleaved
+             runs after a first one, then the mean over images
 
 The untrained model is set up as in latency.py: BatchNorm statistics from real images, gate biases bisected
 so that the network's r is about 0.5 (the blocks then differ in r_b). Inputs are CIFAR-10 test images
 upsampled to 224x224. Writes a JSON file (``--out``) and prints a table, per block and summed per stage.
 
-    python benchmarks/latency_blocks.py                       # ResNet-50, 4 images, ~3-4 min idle
+    python benchmarks/latency_blocks.py                       # ResNet-50, 4 images, ~30 s idle
     python benchmarks/latency_blocks.py --model gated_resnet18
 """
 
@@ -44,20 +45,18 @@ import latency as L  # noqa: E402
 
 def block_macs(model: nn.Module, counter: MacCounter, name: str, mask: Tensor) -> tuple[float, float]:
     """(conditional MACs incl. the gate's, dense MACs) of block ``name`` for its (G,) bool mask."""
-    block = model.get_submodule(name)
-    gate_prefix = f"{name}.gate."
     layers = {k[len(name) + 1 :]: v for k, v in counter.layers.items() if k.startswith(name + ".")}
     dense = sum(v for k, v in layers.items() if not k.startswith("gate."))
-    gate = sum(v for k, v in counter.layers.items() if k.startswith(gate_prefix))
-    cond = float(dense + gate)
-    for conv, (f_in, f_out) in block.gated_convs(mask[None].double()).items():
+    cond = float(sum(layers.values()))  # the block's convs and its gate, all open
+    for conv, (f_in, f_out) in model.get_submodule(name).gated_convs(mask[None].double()).items():
         cond += layers[conv] * (float(f_in * f_out) - 1.0)
     return cond, float(dense)
 
 
 @torch.inference_mode()
 def block_inputs(core: nn.Module, x: Tensor) -> list[Tensor]:
-    """The input of every block (1, C, H, W) for the image x (1, 3, H, W)."""
+    """The input of every block (1, C, H, W) for the image x (1, 3, H, W); leaves each conditional block's
+    ``last_mask`` at its gates for x."""
     h = core.stem.run(x).relu_()
     if core.maxpool:
         h = F.max_pool2d(h, [3, 3], [2, 2], [1, 1])
@@ -66,21 +65,6 @@ def block_inputs(core: nn.Module, x: Tensor) -> list[Tensor]:
         out.append(h)
         h = block(h, "auto")
     return out
-
-
-@torch.inference_mode()
-def time_pair(cond: nn.Module, dense: nn.Module, x: Tensor, repeats: int) -> tuple[float, float]:
-    """Median thread-CPU ms of cond(x) and dense(x), interleaved (order alternating), after one warm-up."""
-    times: dict[int, list[float]] = {0: [], 1: []}
-    fns = (cond, dense)
-    for f in fns:
-        f(x, "auto")
-    for rep in range(repeats):
-        for j in (rep % 2, 1 - rep % 2):
-            c0 = time.thread_time()
-            fns[j](x, "auto")
-            times[j].append(time.thread_time() - c0)
-    return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,14 +97,17 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(len(x)):
         inputs = block_inputs(cond_core, x[i : i + 1])
         for b, name in enumerate(names):
-            with torch.inference_mode():
-                cond_blocks[b](inputs[b], "auto")
             cond, dense = block_macs(model, counter, name, cond_blocks[b].last_mask[0])
-            c_ms, d_ms = time_pair(cond_blocks[b], dense_blocks[b], inputs[b], args.repeats)
+            fns = {
+                "cond": lambda t, blk=cond_blocks[b]: blk(t, "auto"),
+                "dense": lambda t, blk=dense_blocks[b]: blk(t, "auto"),
+            }
+            # One image, repeats + 1 interleaved runs, the first dropped (latency.py's timing).
+            lat, _, _ = L.time_variants(fns, inputs[b], inputs[b], args.repeats, float("inf"))
             row = rows[name]
             row["r"].append(cond / dense)
-            row["cond_ms"].append(c_ms)
-            row["dense_ms"].append(d_ms)
+            row["cond_ms"].append(lat["cond"]["cpu"])
+            row["dense_ms"].append(lat["dense"]["cpu"])
             row["macs"] = dense
         print(f"image {i + 1}/{len(x)} done", flush=True)
 
