@@ -55,11 +55,13 @@ def row(r: dict, r20_macs: float) -> str:
     seed = cfg.get("seed", 0)
     env = f"SEED={seed} EPOCHS={epochs}" if seed else f"EPOCHS={epochs}"
     loss = cfg["loss"]
-    bs = f"{loss['bs_weight']} (first {loss['bs_end']:.0%})" if gated and loss["bs_weight"] else "0"
-    bs = bs if gated else "-"
+    if not gated:
+        bs = l0 = "-"
+    else:
+        bs = f"{loss['bs_weight']} (first {loss['bs_end']:.0%})" if loss["bs_weight"] else "0"
+        l0 = loss["l0_weight"]
     return (
-        f"| {r['run']} | {s['model']} | {bs} | "
-        f"{cfg['loss']['l0_weight'] if gated else '-'} | {100 * s['top1']:.2f}% | "
+        f"| {r['run']} | {s['model']} | {bs} | {l0} | {100 * s['top1']:.2f}% | "
         f"{s['macs_mean'] / 1e6:.2f} | "
         f"{s['mac_ratio']:.3f} | {s['macs_mean'] / r20_macs:.3f} | {gates} | {epochs} | "
         f"{s['wall_time_s'] / 60:.0f} min | {s.get('machine', s['device'])} ({s['precision']}) | "
