@@ -57,6 +57,13 @@ DEFAULT_IMAGENET_ALIGN = 8
 #: the union's extra channels cost more than the calls.
 AUTO_GROUP_MIN_WORK = 2**25
 
+#: ImageNet ResNets run a block channels_last (NHWC) when its input has at least this many pixels (layer1,
+#: layer2 and the first block of layer3 at 224x224), NCHW below. Measured with oneDNN on AVX2, 1 thread:
+#: NHWC 3x3 convs are 10-40% faster at 56x56 and 28x28, above all the narrow ones of a gated block, but up to
+#: 2x slower at 14x14 and 7x7 with 256-512 channels; 1x1 convs are GEMMs that read either layout.
+NHWC_MIN_PIXELS = 28 * 28
+NEVER = 2**62  # a pixel count no input reaches: NCHW throughout (CIFAR ResNets)
+
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, zero_rows: int = 0) -> tuple[Tensor, Tensor]:
     """Fold an eval-mode BatchNorm into the conv before it.
@@ -117,38 +124,75 @@ class FoldedConv(nn.Module):
         # convs); for the subsets of ResNet-50's layer4 3x3 convs (k x 7 x 7) oneDNN is as fast or faster.
         self.onednn: bool = self.flat_gather and torch.backends.mkldnn.is_available()
 
-    def run(self, x: Tensor, out_idx: Tensor | None = None, in_idx: Tensor | None = None) -> Tensor:
-        """x (N, len(in_idx) or C_in, H, W) -> (N, len(out_idx) or C_out, H', W')."""
-        c_out, c_in, kh, kw = self.weight.shape
-        b = self.bias if out_idx is None else self.bias_ext.index_select(0, out_idx)
+    def matrix(self, out_idx: Tensor | None, in_idx: Tensor | None) -> Tensor:
+        """A 1x1 conv's (k_out, k_in) weight matrix for the given subsets (a transposed view with
+        ``columns_t``)."""
         if in_idx is not None and out_idx is None and self.columns_t:
-            # (k_in, C_out) rows of the transposed weight; a (C_out, k_in) view for the GEMM below.
-            w = self.weight_t.index_select(0, in_idx).t()
-            if not (x.shape[0] == 1 and self.pointwise):
-                w = w.contiguous()  # conv2d wants a contiguous weight; the batch-1 GEMM takes the view
-            w = w.view(c_out, -1, 1, 1)
-        elif in_idx is not None and out_idx is not None and self.flat_gather:
+            return self.weight_t.index_select(0, in_idx).t()  # rows of the transposed weight: contiguous
+        w = self.weight[:, :, 0, 0]
+        if out_idx is not None:
+            w = self.weight_ext[:, :, 0, 0].index_select(0, out_idx)
+        return w if in_idx is None else w.index_select(1, in_idx)
+
+    def kernel(self, out_idx: Tensor | None, in_idx: Tensor | None) -> Tensor:
+        """The (k_out, k_in, kh, kw) weight for the given subsets (contiguous)."""
+        c_out, c_in, kh, kw = self.weight.shape
+        if in_idx is not None and out_idx is not None and self.flat_gather:
             # One pass over the (k_out * k_in) kernels needed, instead of rows then columns: ~25% less
             # time for the big 3x3 convs, where these copies cost half as much as the conv itself.
             flat = (out_idx[:, None] * c_in + in_idx[None, :]).flatten()
             w = self.weight_ext.view(-1, kh * kw).index_select(0, flat)
-            w = w.view(out_idx.shape[0], in_idx.shape[0], kh, kw)
-        else:
-            if out_idx is None:
-                w = self.weight
-            else:  # rows first: the strided column gather then touches fewer elements
-                w = self.weight_ext.index_select(0, out_idx)
-            if in_idx is not None:
-                w = w.index_select(1, in_idx)
-        if self.pointwise and x.shape[0] == 1:
-            # 1x1 conv of one image = one GEMM with the bias fused: (C_out, C_in) @ (C_in, H * W).
-            n, c, h, wd = x.shape
-            return torch.addmm(b[:, None], w[:, :, 0, 0], x.reshape(c, h * wd)).view(1, -1, h, wd)
+            return w.view(out_idx.shape[0], in_idx.shape[0], kh, kw)
+        if self.pointwise:
+            return self.matrix(out_idx, in_idx).contiguous()[:, :, None, None]
+        w = self.weight if out_idx is None else self.weight_ext.index_select(0, out_idx)
+        # rows first: the strided column gather then touches fewer elements
+        return w if in_idx is None else w.index_select(1, in_idx)
+
+    def run(
+        self,
+        x: Tensor,
+        out_idx: Tensor | None = None,
+        in_idx: Tensor | None = None,
+        residual: Tensor | None = None,
+    ) -> Tensor:
+        """x (N, len(in_idx) or C_in, H, W) -> (N, len(out_idx) or C_out, H', W'), in the memory format of x.
+
+        With ``residual`` (the output's shape) it returns relu(conv(x) + residual) instead, the residual
+        entering a 1x1 conv's GEMM as its accumulator (two passes over the output fewer than add + relu).
+        """
+        b = self.bias if out_idx is None else self.bias_ext.index_select(0, out_idx)
+        n, c, h, wd = x.shape
+        if self.pointwise and (x.stride(1) == 1 or n == 1):
+            # A 1x1 conv is one GEMM: channels_last (N * H * W, C_in) @ (C_in, C_out) for any batch, or
+            # NCHW (C_out, C_in) @ (C_in, H * W) for one image; the output keeps the layout.
+            w = self.matrix(out_idx, in_idx)
+            if x.stride(1) == 1:
+                a = x.permute(0, 2, 3, 1).reshape(n * h * wd, c)
+                if residual is None:
+                    y = torch.addmm(b, a, w.t())
+                else:
+                    y = torch.addmm(residual.permute(0, 2, 3, 1).reshape(n * h * wd, -1), a, w.t())
+                    torch.ops.aten._add_relu_(y, b)
+                return y.view(n, h, wd, -1).permute(0, 3, 1, 2)
+            a = x.reshape(c, h * wd)
+            if residual is None:
+                y = torch.addmm(b[:, None], w, a)
+            else:
+                y = torch.addmm(residual.reshape(-1, h * wd), w, a)
+                torch.ops.aten._add_relu_(y, b[:, None])
+            return y.view(1, -1, h, wd)
+        w = self.kernel(out_idx, in_idx)
         if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32:
-            return torch.ops.aten.mkldnn_convolution(
-                x.contiguous(), w, b, self.padding, self.stride, self.dilation, 1
-            )
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
+            # F.conv2d sends small batch-1 inputs to its slow im2col path; oneDNN is as fast or faster here.
+            if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+                x = x.contiguous()
+            y = torch.ops.aten.mkldnn_convolution(x, w, b, self.padding, self.stride, self.dilation, 1)
+        else:
+            y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
+        if residual is not None:
+            torch.ops.aten._add_relu_(y, residual)
+        return y
 
     def forward(self, x: Tensor) -> Tensor:
         return self.run(x)
@@ -265,6 +309,13 @@ def _choose(mode: str, mask: Tensor, work: int, group_min_work: int) -> str:
     return "union"
 
 
+def _layout(x: Tensor, nhwc_min_pixels: int) -> Tensor:
+    """x channels_last if it has at least ``nhwc_min_pixels`` pixels, else NCHW (no-op if it already is)."""
+    if x.shape[2] * x.shape[3] >= nhwc_min_pixels:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous()
+
+
 class _ConditionalBlock(nn.Module):
     """What both folded gated blocks share: run the gate, then pick the batch path (see ``batch_mode``).
 
@@ -286,6 +337,7 @@ class _ConditionalBlock(nn.Module):
         return out
 
     def forward(self, x: Tensor, mode: str) -> Tensor:
+        x = _layout(x, self.nhwc_min_pixels)
         mask = self.gate(x)
         self.last_mask = mask
         sc = self.shortcut(x)
@@ -305,7 +357,7 @@ class ConditionalBasicBlock(_ConditionalBlock):
     ``last_mask`` keeps the (N, planes) bool gates of the last forward pass.
     """
 
-    def __init__(self, block: BasicBlock, align: int = 1) -> None:
+    def __init__(self, block: BasicBlock, align: int = 1, nhwc_min_pixels: int = NEVER) -> None:
         super().__init__()
         assert block.gate is not None
         self.gate = FoldedGate(block.gate)
@@ -314,6 +366,7 @@ class ConditionalBasicBlock(_ConditionalBlock):
         self.register_buffer("pad", _pad_idx(block.conv1.out_channels, align))
         self.shortcut = _shortcut(block.downsample)
         self.align: int = align
+        self.nhwc_min_pixels: int = nhwc_min_pixels
         self.numel: int = self.conv1.weight.numel() + self.conv2.weight.numel()
         self.group_min_work: int = AUTO_GROUP_MIN_WORK
         self.last_mask = torch.zeros(0, self.gate.num_gates, dtype=torch.bool)  # (0, G) until run
@@ -331,12 +384,12 @@ class ConditionalBasicBlock(_ConditionalBlock):
         if scale is not None:
             s = scale if cols is None else scale.index_select(1, cols)
             h = h.mul_(s[:, :, None, None])
-        return self.conv2.run(h, in_idx=cols).add_(sc).relu_()
+        return self.conv2.run(h, in_idx=cols, residual=sc)
 
     def masked(self, x: Tensor, sc: Tensor, mask: Tensor) -> Tensor:
         """Dense folded convs times the (N, G) mask."""
         h = self.conv1.run(x).relu_().mul_(mask.to(x.dtype)[:, :, None, None])
-        return self.conv2.run(h).add_(sc).relu_()
+        return self.conv2.run(h, residual=sc)
 
 
 class ConditionalBottleneck(_ConditionalBlock):
@@ -345,7 +398,7 @@ class ConditionalBottleneck(_ConditionalBlock):
     The gate has 2 * width outputs: [conv1 gates, conv2 gates]. ``last_mask``: (N, 2 * width) bool.
     """
 
-    def __init__(self, block: Bottleneck, align: int = 1) -> None:
+    def __init__(self, block: Bottleneck, align: int = 1, nhwc_min_pixels: int = NEVER) -> None:
         super().__init__()
         assert block.gate is not None
         self.gate = FoldedGate(block.gate)
@@ -355,6 +408,7 @@ class ConditionalBottleneck(_ConditionalBlock):
         self.register_buffer("pad", _pad_idx(block.width, align))
         self.shortcut = _shortcut(block.downsample)
         self.align: int = align
+        self.nhwc_min_pixels: int = nhwc_min_pixels
         self.width: int = block.width
         self.numel: int = self.conv1.weight.numel() + self.conv2.weight.numel() + self.conv3.weight.numel()
         self.group_min_work: int = AUTO_GROUP_MIN_WORK
@@ -392,21 +446,22 @@ class ConditionalBottleneck(_ConditionalBlock):
         h = self.conv2.run(h, out_idx=r2, in_idx=c1).relu_()
         if s2 is not None:
             h = h.mul_(s2[:, :, None, None])
-        return self.conv3.run(h, in_idx=c2).add_(sc).relu_()
+        return self.conv3.run(h, in_idx=c2, residual=sc)
 
     def masked(self, x: Tensor, sc: Tensor, mask: Tensor) -> Tensor:
         """Dense folded convs times the (N, 2 * width) mask."""
         m = mask.to(x.dtype)[:, :, None, None]
         h = self.conv1.run(x).relu_().mul_(m[:, : self.width])
         h = self.conv2.run(h).relu_().mul_(m[:, self.width :])
-        return self.conv3.run(h).add_(sc).relu_()
+        return self.conv3.run(h, residual=sc)
 
 
 class DenseBlock(nn.Module):
     """Folded BasicBlock or Bottleneck without gate (or with its gates forced open): x -> block(x)."""
 
-    def __init__(self, block: BasicBlock | Bottleneck) -> None:
+    def __init__(self, block: BasicBlock | Bottleneck, nhwc_min_pixels: int = NEVER) -> None:
         super().__init__()
+        self.nhwc_min_pixels: int = nhwc_min_pixels
         convs = [FoldedConv(block.conv1, block.bn1), FoldedConv(block.conv2, block.bn2)]
         if isinstance(block, Bottleneck):
             convs.append(FoldedConv(block.conv3, block.bn3))
@@ -415,34 +470,38 @@ class DenseBlock(nn.Module):
         self.shortcut = _shortcut(block.downsample)
 
     def forward(self, x: Tensor, mode: str) -> Tensor:
+        x = _layout(x, self.nhwc_min_pixels)
         sc = self.shortcut(x)
         h = x
         for conv in self.inner:
             h = conv.run(h).relu_()
-        return self.last.run(h).add_(sc).relu_()
+        return self.last.run(h, residual=sc)
 
 
-def _convert_block(block: nn.Module, align: int) -> nn.Module:
+def _convert_block(block: nn.Module, align: int, nhwc_min_pixels: int) -> nn.Module:
     if isinstance(block, BasicBlock | Bottleneck):
         if block.gate is None or block.gate.force == 1.0:
-            return DenseBlock(block)
+            return DenseBlock(block, nhwc_min_pixels)
         if isinstance(block, BasicBlock):
-            return ConditionalBasicBlock(block, align)
-        return ConditionalBottleneck(block, align)
+            return ConditionalBasicBlock(block, align, nhwc_min_pixels)
+        return ConditionalBottleneck(block, align, nhwc_min_pixels)
     raise ValueError(f"unsupported block type: {type(block).__name__}")
 
 
 class ConditionalCore(nn.Module):
     """The scriptable network: x (N, 3, H, W) -> logits (N, num_classes)."""
 
-    def __init__(self, model: CifarResNet | ResNet, batch_mode: str, align: int) -> None:
+    def __init__(
+        self, model: CifarResNet | ResNet, batch_mode: str, align: int, nhwc_min_pixels: int
+    ) -> None:
         super().__init__()
         self.batch_mode = batch_mode
         self.stem = FoldedConv(model.conv1, model.bn1)
         self.maxpool: bool = isinstance(model, ResNet)
+        self.nhwc_min_pixels: int = nhwc_min_pixels
         self.blocks = nn.ModuleList(
             [
-                _convert_block(b, align)
+                _convert_block(b, align, nhwc_min_pixels)
                 for name in ("layer1", "layer2", "layer3", "layer4")
                 for b in getattr(model, name, ())
             ]
@@ -450,10 +509,15 @@ class ConditionalCore(nn.Module):
         self.register_buffer("fc_weight", model.fc.weight.detach().clone())
         self.register_buffer("fc_bias", model.fc.bias.detach().clone())
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.stem.run(x).relu_()
+    def stem_forward(self, x: Tensor) -> Tensor:
+        """The image x (N, 3, H, W) -> the input of the first block."""
+        x = self.stem.run(_layout(x, self.nhwc_min_pixels)).relu_()
         if self.maxpool:
             x = F.max_pool2d(x, [3, 3], [2, 2], [1, 1])
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem_forward(x)
         for block in self.blocks:
             x = block(x, self.batch_mode)
         return F.linear(x.mean((2, 3)), self.fc_weight, self.fc_bias)
@@ -473,6 +537,7 @@ class ConditionalResNet(nn.Module):
         batch_mode: BatchMode = "auto",
         script: bool = True,
         channel_align: int | None = None,
+        nhwc_min_pixels: int | None = None,
     ) -> None:
         super().__init__()
         if batch_mode not in BATCH_MODES:
@@ -482,12 +547,14 @@ class ConditionalResNet(nn.Module):
         if channel_align < 1:
             raise ValueError(f"channel_align must be >= 1, got {channel_align}")
         self.channel_align = channel_align
+        if nhwc_min_pixels is None:
+            nhwc_min_pixels = NEVER if isinstance(model, CifarResNet) else NHWC_MIN_PIXELS
         self.block_names = [
             f"{name}.{i}"
             for name in ("layer1", "layer2", "layer3", "layer4")
             for i in range(len(getattr(model, name, ())))
         ]
-        core = ConditionalCore(model, batch_mode, channel_align).eval()
+        core = ConditionalCore(model, batch_mode, channel_align, nhwc_min_pixels).eval()
         self.scripted = False
         if script:
             try:
@@ -542,6 +609,7 @@ def compile_conditional(
     batch_mode: BatchMode = "auto",
     script: bool = True,
     channel_align: int | None = None,
+    nhwc_min_pixels: int | None = None,
 ) -> ConditionalResNet:
     """Convert a gated CifarResNet / ResNet into an eval-only module that skips its closed channels.
 
@@ -555,6 +623,9 @@ def compile_conditional(
         convolutions, and a few % at 224x224 (benchmarks/README.md). False: plain eager PyTorch.
     channel_align: pad each open-channel subset to a multiple of this many channels with exact-zero
         channels (see :func:`_open_idx`). None: 8 for ImageNet ResNets, 1 (no padding) for CIFAR ResNets.
+    nhwc_min_pixels: the stem and each block run channels_last (NHWC) when their input has at least this
+        many pixels (H * W), NCHW otherwise; the layout only changes speed. None: :data:`NHWC_MIN_PIXELS`
+        (28 x 28) for ImageNet ResNets, never for CIFAR ResNets (32x32 inputs: small convs on im2col).
 
     Returns a :class:`ConditionalResNet`, x (N, 3, H, W) -> logits (N, num_classes), equal to the model's
     eval-mode output up to the rounding of the BatchNorm folding.
@@ -575,4 +646,4 @@ def compile_conditional(
             UserWarning,
             stacklevel=2,
         )
-    return ConditionalResNet(net, batch_mode, script, channel_align)
+    return ConditionalResNet(net, batch_mode, script, channel_align, nhwc_min_pixels)

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import batchshaping as bs
@@ -57,9 +56,7 @@ def block_macs(model: nn.Module, counter: MacCounter, name: str, mask: Tensor) -
 def block_inputs(core: nn.Module, x: Tensor) -> list[Tensor]:
     """The input of every block (1, C, H, W) for the image x (1, 3, H, W); leaves each conditional block's
     ``last_mask`` at its gates for x."""
-    h = core.stem.run(x).relu_()
-    if core.maxpool:
-        h = F.max_pool2d(h, [3, 3], [2, 2], [1, 1])
+    h = core.stem_forward(x)
     out = []
     for block in core.blocks.children():
         out.append(h)

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import batchshaping as bs
@@ -28,7 +27,7 @@ def main() -> None:
     x = L.load_images(L.CIFAR_TEST, 1, 224)
     core = compile_conditional(model, script=False).core
     with torch.inference_mode():
-        h = F.max_pool2d(core.stem.run(x).relu_(), [3, 3], [2, 2], [1, 1])
+        h = core.stem_forward(x)
         for b in range(index):
             h = core.blocks[b](h, "auto")
         block = core.blocks[index]

@@ -169,6 +169,29 @@ def test_channel_alignment_pads_with_exact_zero_channels(name, align, request):
     assert_same(torch.cat([conditional(x[i : i + 1]) for i in range(len(x))]), ref)
 
 
+@pytest.mark.parametrize("name", ["gated_resnet18", "gated_resnet50"])
+@pytest.mark.parametrize("nhwc_min_pixels", [1, 8 * 8, 10**9])
+def test_memory_layout_does_not_change_the_function(name, nhwc_min_pixels):
+    """channels_last everywhere (1), in the first stages only (64: NCHW from 4x4 maps on, at 64x64 inputs, so
+    layer3 switches layout) and nowhere; with a closed block and a block whose first conv is closed, in
+    every batch mode and at batch 1."""
+    model = make(name, seed=6)
+    with torch.no_grad():
+        model.layer2[0].gate.fc2.bias.fill_(-50.0)
+        if name == "gated_resnet50":
+            model.layer3[1].gate.fc2.bias[: model.layer3[1].width] = -50.0
+    x = inputs("r50", n=4, seed=7)
+    with torch.no_grad():
+        ref = model(x)
+    for mode in MODES:
+        conditional = compile_eager(model, batch_mode=mode, nhwc_min_pixels=nhwc_min_pixels)
+        assert_same(conditional(x), ref)
+    assert_same(torch.cat([conditional(x[i : i + 1]) for i in range(len(x))]), ref)
+    with torch.inference_mode():
+        stem_out = conditional.core.stem_forward(x)
+    assert stem_out.is_contiguous(memory_format=torch.channels_last) == (nhwc_min_pixels <= 64 * 64)
+
+
 @pytest.mark.parametrize("name", ["gated_resnet20", "gated_resnet50"])
 def test_all_gates_open_is_the_dense_function(name):
     gated = make(name, seed=3)
