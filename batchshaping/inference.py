@@ -65,6 +65,13 @@ NHWC_MIN_PIXELS = 28 * 28
 NEVER = 2**62  # a pixel count no input reaches: NCHW throughout (CIFAR ResNets)
 
 
+def _add_relu_(y: Tensor, other: Tensor) -> Tensor:
+    """y = relu(y + other) in place: one pass with the fused CPU kernel (fp32), add_ + relu_ elsewhere."""
+    if y.device.type == "cpu" and y.dtype == torch.float32:
+        return torch.ops.aten._add_relu_(y, other)
+    return y.add_(other).relu_()
+
+
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, zero_rows: int = 0) -> tuple[Tensor, Tensor]:
     """Fold an eval-mode BatchNorm into the conv before it.
 
@@ -116,7 +123,7 @@ class FoldedConv(nn.Module):
         self.pointwise: bool = conv.kernel_size == (1, 1) and self.stride == [1, 1] and self.padding == [0, 0]
         self.columns_t: bool = columns_t and self.pointwise
         self.register_buffer(
-            "weight_t", self.weight.flatten(1).t().contiguous() if self.columns_t else torch.zeros(0, 0)
+            "weight_t", self.weight.flatten(1).t().contiguous() if self.columns_t else w.new_zeros(0, 0)
         )
         # Measured crossover of the single flat gather vs rows-then-columns (ResNet-50: layers 3 and 4).
         self.flat_gather: bool = conv.kernel_size != (1, 1) and conv.in_channels * conv.out_channels >= 2**15
@@ -173,14 +180,14 @@ class FoldedConv(nn.Module):
                     y = torch.addmm(b, a, w.t())
                 else:
                     y = torch.addmm(residual.permute(0, 2, 3, 1).reshape(n * h * wd, -1), a, w.t())
-                    torch.ops.aten._add_relu_(y, b)
+                    _add_relu_(y, b)
                 return y.view(n, h, wd, -1).permute(0, 3, 1, 2)
             a = x.reshape(c, h * wd)
             if residual is None:
                 y = torch.addmm(b[:, None], w, a)
             else:
                 y = torch.addmm(residual.reshape(-1, h * wd), w, a)
-                torch.ops.aten._add_relu_(y, b[:, None])
+                _add_relu_(y, b[:, None])
             return y.view(1, -1, h, wd)
         w = self.kernel(out_idx, in_idx)
         if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32:
@@ -191,7 +198,7 @@ class FoldedConv(nn.Module):
         else:
             y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
         if residual is not None:
-            torch.ops.aten._add_relu_(y, residual)
+            _add_relu_(y, residual)
         return y
 
     def forward(self, x: Tensor) -> Tensor:
@@ -292,9 +299,9 @@ def _open_idx(m: Tensor, align: int, pad: Tensor) -> tuple[Tensor | None, Tensor
     return idx, idx
 
 
-def _pad_idx(g: int, align: int) -> Tensor:
+def _pad_idx(g: int, align: int, device: torch.device) -> Tensor:
     """The (2, align) padding indices of :func:`_open_idx` for G gates: row G (the zero channel), column 0."""
-    return torch.stack([torch.full([align], g), torch.zeros(align, dtype=torch.long)])
+    return torch.tensor([[g] * align, [0] * align], dtype=torch.long, device=device)
 
 
 def _choose(mode: str, mask: Tensor, work: int, group_min_work: int) -> str:
@@ -327,7 +334,7 @@ class _ConditionalBlock(nn.Module):
         uniq, inv = torch.unique(mask, dim=0, return_inverse=True)
         if uniq.shape[0] == 1:
             return self.subset(x, sc, uniq[0], None)
-        out = torch.empty(0)
+        out = x.new_empty(0)
         for g in range(uniq.shape[0]):
             rows = (inv == g).nonzero().flatten()
             y = self.subset(x.index_select(0, rows), sc.index_select(0, rows), uniq[g], None)
@@ -363,13 +370,13 @@ class ConditionalBasicBlock(_ConditionalBlock):
         self.gate = FoldedGate(block.gate)
         self.conv1 = FoldedConv(block.conv1, block.bn1, zero_row=align > 1)
         self.conv2 = FoldedConv(block.conv2, block.bn2)
-        self.register_buffer("pad", _pad_idx(block.conv1.out_channels, align))
+        self.register_buffer("pad", _pad_idx(block.conv1.out_channels, align, block.conv1.weight.device))
         self.shortcut = _shortcut(block.downsample)
         self.align: int = align
         self.nhwc_min_pixels: int = nhwc_min_pixels
         self.numel: int = self.conv1.weight.numel() + self.conv2.weight.numel()
         self.group_min_work: int = AUTO_GROUP_MIN_WORK
-        self.last_mask = torch.zeros(0, self.gate.num_gates, dtype=torch.bool)  # (0, G) until run
+        self.last_mask = self.gate.b2.new_zeros(0, self.gate.num_gates, dtype=torch.bool)  # (0, G) until run
 
     def subset(self, x: Tensor, sc: Tensor, m: Tensor, scale: Tensor | None) -> Tensor:
         """Whole batch x on the channels open in m (G,) bool; sc: shortcut(x).
@@ -405,14 +412,14 @@ class ConditionalBottleneck(_ConditionalBlock):
         self.conv1 = FoldedConv(block.conv1, block.bn1, zero_row=align > 1)
         self.conv2 = FoldedConv(block.conv2, block.bn2, zero_row=align > 1)
         self.conv3 = FoldedConv(block.conv3, block.bn3, columns_t=True)
-        self.register_buffer("pad", _pad_idx(block.width, align))
+        self.register_buffer("pad", _pad_idx(block.width, align, block.conv1.weight.device))
         self.shortcut = _shortcut(block.downsample)
         self.align: int = align
         self.nhwc_min_pixels: int = nhwc_min_pixels
         self.width: int = block.width
         self.numel: int = self.conv1.weight.numel() + self.conv2.weight.numel() + self.conv3.weight.numel()
         self.group_min_work: int = AUTO_GROUP_MIN_WORK
-        self.last_mask = torch.zeros(0, self.gate.num_gates, dtype=torch.bool)  # (0, G) until run
+        self.last_mask = self.gate.b2.new_zeros(0, self.gate.num_gates, dtype=torch.bool)  # (0, G) until run
 
     def subset(self, x: Tensor, sc: Tensor, m: Tensor, scale: Tensor | None) -> Tensor:
         """As :meth:`ConditionalBasicBlock.subset`, with m (2 * width,) and scale (N, 2 * width) or None."""

@@ -192,6 +192,19 @@ def test_memory_layout_does_not_change_the_function(name, nhwc_min_pixels):
     assert stem_out.is_contiguous(memory_format=torch.channels_last) == (nhwc_min_pixels <= 64 * 64)
 
 
+def test_bfloat16_model_runs_in_bfloat16(r50):
+    """The fused add + ReLU kernel is fp32-only on CPU: other dtypes take the plain ops."""
+    model = copy.deepcopy(r50).to(torch.bfloat16)
+    x = inputs("r50", n=3, seed=8).to(torch.bfloat16)
+    with torch.no_grad():
+        ref = model(x).float()
+    for mode in MODES:
+        out = compile_eager(model, batch_mode=mode)(x)
+        assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+        # bf16 rounding differs between folded and unfolded BatchNorm and can flip a gate: a loose check.
+        assert (out.float() - ref).abs().max().item() < 0.25 * ref.abs().max().item()
+
+
 @pytest.mark.parametrize("name", ["gated_resnet20", "gated_resnet50"])
 def test_all_gates_open_is_the_dense_function(name):
     gated = make(name, seed=3)
