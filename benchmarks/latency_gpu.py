@@ -9,7 +9,7 @@ as benchmarks/latency.py does) and gated_resnet32 at 32x32, untrained gates cali
     masked              the original gated model in eval mode (closed channels computed, then times 0)
     cond, cond_eager    compile_conditional(gated), script=True / False; batch 1 only (exact subsets)
     cond_union, cond_masked, cond_group   batch > 1: compile_conditional(gated, batch_mode=...)
-                        ("auto" resolves to group for every ResNet-50 block, to union for ResNet-32's)
+    cond_auto           compile_conditional(gated): batch_mode "auto", which is "masked" on a GPU
     cond_a1*            ResNet-50 only: the same with channel_align=1 (no padding to 8 channels)
     *_bf16              dense_eager / masked under bf16 autocast + channels_last (a GPU user's fast path),
                         dense_folded / cond (batch_mode "union") compiled from bf16 copies of the models
@@ -97,12 +97,13 @@ def build(name: str, gated: torch.nn.Module, twin: torch.nn.Module, dev: torch.d
         "dense_folded": ("all", lambda: cc(twin)),
         "dense_eager": ("all", lambda: dense_eager),
         "masked": ("all", lambda: gated),
-        "cond": ("one", lambda: cc(gated)),
-        "cond_eager": ("one", lambda: cc(gated, script=False)),
+        "cond": ("one", lambda: cc(gated, batch_mode="group")),  # batch 1: the exact subsets
+        "cond_eager": ("one", lambda: cc(gated, batch_mode="group", script=False)),
+        "cond_auto": ("all", lambda: cc(gated)),
         **{f"cond_{m}": ("many", lambda m=m: cc(gated, batch_mode=m)) for m in ("union", "masked", "group")},
     }
     if name == "gated_resnet50":
-        specs["cond_a1"] = ("one", lambda: cc(gated, channel_align=1))
+        specs["cond_a1"] = ("one", lambda: cc(gated, batch_mode="group", channel_align=1))
         for m in ("union", "group"):
             specs[f"cond_a1_{m}"] = ("many", lambda m=m: cc(gated, batch_mode=m, channel_align=1))
     if bf16:

@@ -333,6 +333,10 @@ def test_auto_mode_policy():
     assert _choose("auto", diverse, work=10, group_min_work=100) == "union"  # small block: fewest calls
     assert _choose("auto", diverse, work=100, group_min_work=100) == "group"  # big block: exact subsets
     assert _choose("masked", same, work=10, group_min_work=100) == "masked"
+    # Off the CPU (a "meta" tensor stands in for a GPU one here) "auto" is "masked", at any batch size.
+    assert _choose("auto", same[:1].to("meta"), work=10, group_min_work=100) == "masked"
+    assert _choose("auto", diverse.to("meta"), work=100, group_min_work=100) == "masked"
+    assert _choose("union", diverse.to("meta"), work=100, group_min_work=100) == "union"
 
 
 def test_model_without_gates_is_folded_with_a_warning():
