@@ -297,7 +297,8 @@ class BetaPrior:
         if bufs is None:
             bufs = [torch.empty_like(odds) for _ in range(4)]
         j, t0, t1, t2 = bufs
-        torch.bitwise_and(odds.view(torch.int32), (1 << _TABLE_SHIFT) - 1, out=j)  # position, as float
+        low = odds.view(torch.int32) & ((1 << _TABLE_SHIFT) - 1)  # position in the cell
+        j.copy_(low)  # as float (one fused CPU op with out=j, but CUDA has no bitwise kernel into floats)
         iv = cell.view(-1)
         c0, c1, c2 = self._table(odds.device)
         a2 = torch.index_select(c2, 0, iv, out=t2.view(-1)).view_as(odds)

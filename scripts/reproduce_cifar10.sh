@@ -6,12 +6,17 @@
 #   EPOCHS=30 DATA=../shared/data/cifar10 bash scripts/reproduce_cifar10.sh [run ...]
 #
 # SEED=N (default 0) repeats runs with another seed; their names get the suffix _s<N> (seed 0: none).
+# DEVICE=cuda trains on the GPU (precision "auto": bf16 autocast) under the names <run>_e<N>_gpu; PARALLEL=1
+# starts all the named runs at once (CIFAR ResNets leave most of a big GPU idle), each logging to
+# runs/repro/<run>.log, and waits for them.
 #
 # Without arguments all runs below are done in order. Checkpoints stay in runs/ (never committed).
 set -euo pipefail
 EPOCHS=${EPOCHS:-30}
 DATA=${DATA:-../shared/data/cifar10}
 SEED=${SEED:-0}
+DEVICE=${DEVICE:-cpu}
+PARALLEL=${PARALLEL:-0}
 # Run names: resnet20 | resnet32 | resnet56 | gated_resnet32_bs_l0_<w> | gated_resnet32_bs10_l0_<w> |
 # gated_resnet32_l0only_<w>, where <w> is the L0 weight (sum over gates), so a sweep point is just another name.
 args_for() {
@@ -32,16 +37,25 @@ args_for() {
 ORDER=(resnet20 gated_resnet32_bs_l0_0.001 gated_resnet32_l0only_0.025 resnet32 gated_resnet32_bs10_l0_0.001 resnet56)
 [ $# -gt 0 ] && ORDER=("$@")
 for name in "${ORDER[@]}"; do args_for "$name" >/dev/null; done  # fail before any run starts
-for name in "${ORDER[@]}"; do
-  run="${name}_e${EPOCHS}"
+one_run() {  # name -> trains it, then copies its small artifacts to results/cifar10/<run>/
+  local run="${1}_e${EPOCHS}" out resume=""
   [ "$SEED" != 0 ] && run="${run}_s${SEED}"
+  [ "$DEVICE" != cpu ] && run="${run}_gpu"
   out="runs/repro/$run"
-  resume=""
   [ -f "$out/last.pt" ] && resume="--resume"
   echo "== $run"
-  args=$(args_for "$name")
-  # shellcheck disable=SC2086
-  batchshaping train $args --set epochs="$EPOCHS" --set progress=false --set seed="$SEED" --data-dir "$DATA" --out "$out" $resume
+  # shellcheck disable=SC2046,SC2086
+  python -m batchshaping train $(args_for "$1") --set epochs="$EPOCHS" --set progress=false --set seed="$SEED" \
+    --set device="$DEVICE" --data-dir "$DATA" --out "$out" $resume
   mkdir -p "results/cifar10/$run"
   cp "$out/summary.json" "$out/log.jsonl" "$out/config.yaml" "results/cifar10/$run/"
-done
+}
+if [ "$PARALLEL" = 1 ]; then
+  mkdir -p runs/repro
+  pids=()
+  for name in "${ORDER[@]}"; do one_run "$name" >"runs/repro/${name}_e${EPOCHS}.log" 2>&1 & pids+=($!); done
+  status=0
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  exit $status
+fi
+for name in "${ORDER[@]}"; do one_run "$name"; done
