@@ -4,7 +4,8 @@ results/cifar10/<run>/{summary.json,config.yaml}.
     python scripts/results_table.py            # prints the tables and the headline
     python scripts/results_table.py --write    # replaces them between their markers in RESULTS.md / README.md
 
-One table per protocol (epoch count), longest protocol first: runs of different lengths are not compared.
+One table per protocol (epoch count and device kind, CPU fp32 or GPU bf16), longest protocol first: runs
+of different protocols are not compared.
 The headline is, for the longest protocol that has both, dense resnet20 against the most accurate
 gated_resnet32 run with batch-shaping whose mean MACs are at most resnet20's.
 Every number comes from a run's summary.json (written by ``batchshaping train``); nothing is typed in.
@@ -54,6 +55,8 @@ def row(r: dict, r20_macs: float) -> str:
     epochs, name = s["epochs"], r["run"].rsplit("_e", 1)[0]
     seed = cfg.get("seed", 0)
     env = f"SEED={seed} EPOCHS={epochs}" if seed else f"EPOCHS={epochs}"
+    if s["device"] != "cpu":
+        env += f" DEVICE={s['device']}"
     loss = cfg["loss"]
     if not gated:
         bs = l0 = "-"
@@ -69,21 +72,30 @@ def row(r: dict, r20_macs: float) -> str:
     )
 
 
+def protocol(r: dict) -> tuple[int, str]:
+    """(epochs, "GPU" | "CPU"): runs are compared only within one protocol."""
+    return r["s"]["epochs"], "CPU" if r["s"]["device"] == "cpu" else "GPU"
+
+
+def protocols(runs: list[dict]) -> list[tuple[int, str]]:
+    return sorted({protocol(r) for r in runs}, reverse=True)
+
+
 def tables(runs: list[dict], r20_macs: float) -> str:
     parts = []
-    for epochs in sorted({r["s"]["epochs"] for r in runs}, reverse=True):
-        parts.append(f"**{epochs}-epoch protocol**\n\n{HEADER}")
-        parts[-1] += "".join("\n" + row(r, r20_macs) for r in runs if r["s"]["epochs"] == epochs)
+    for p in protocols(runs):
+        parts.append(f"**{p[0]}-epoch {p[1]} protocol**\n\n{HEADER}")
+        parts[-1] += "".join("\n" + row(r, r20_macs) for r in runs if protocol(r) == p)
     return "\n\n".join(parts)
 
 
 def headline(runs: list[dict], r20_macs: float) -> str:
-    for epochs in sorted({r["s"]["epochs"] for r in runs}, reverse=True):
-        dense = [r for r in runs if r["s"]["epochs"] == epochs and r["s"]["model"] == "resnet20"]
+    for p in protocols(runs):
+        dense = [r for r in runs if protocol(r) == p and r["s"]["model"] == "resnet20"]
         gated = [
             r
             for r in runs
-            if r["s"]["epochs"] == epochs
+            if protocol(r) == p
             and r["s"]["model"] == "gated_resnet32"
             and r["cfg"]["loss"]["bs_weight"] > 0
             and r["s"]["macs_mean"] <= r20_macs
@@ -91,7 +103,7 @@ def headline(runs: list[dict], r20_macs: float) -> str:
         if dense and gated:
             best = max(gated, key=lambda r: r["s"]["top1"])
             return (
-                f"Headline ({epochs}-epoch CPU protocol, CIFAR-10; every row and its command are in "
+                f"Headline ({p[0]}-epoch {p[1]} protocol, CIFAR-10; every row and its command are in "
                 f"RESULTS.md). The gated row is the most accurate of the {len(gated)} batch-shaping "
                 f"gated_resnet32 runs at or below resnet20's MACs:\n\n"
                 f"{HEADER}\n{row(dense[0], r20_macs)}\n{row(best, r20_macs)}"
