@@ -18,12 +18,13 @@ Batches of more than one image, ``batch_mode``:
 * ``"union"``: the whole batch runs on the union of its open channels; multiplying by each image's mask
   zeroes what that image does not use, which keeps the result exact.
 * ``"masked"``: dense folded convolutions times the mask (the original computation minus BatchNorm).
-* ``"auto"``: on CPU, per block, ``"group"`` when all images of the batch have the same mask or the block
-  is big (:data:`AUTO_GROUP_MIN_WORK`), else ``"union"``. Measured (benchmarks/README.md): with
-  image-dependent masks ``"group"`` is ~1.6x slower than ``"union"`` on CIFAR blocks (one small call per
-  image) but ~4% faster on 224x224 ResNet-50 blocks; ``"masked"`` never beats ``"union"``, which runs the
-  dense path itself when the union is everything. On a GPU ``"masked"``, for every batch size: measured on
-  an H200 it is the fastest mode (1.08-1.20x the dense folded model) and no mode beats the dense model.
+* ``"auto"``: on CPU, per block, ``"group"`` when all images of the batch have the same mask (one group,
+  no mask product), else ``"union"``. Measured (benchmarks/README.md, 1 thread): with image-dependent
+  masks ``"group"`` is 1.6-1.8x slower than ``"union"`` on CIFAR blocks (one set of small calls per image)
+  and ~1.2x slower on 224x224 ResNet-50 blocks at batch 4-8, where the union's channels-last GEMMs serve
+  the whole batch at once; ``"masked"`` never beats ``"union"``, which runs the dense path itself when the
+  union is everything. On a GPU ``"masked"``, for every batch size: measured on an H200 it is the fastest
+  mode (1.08-1.20x the dense folded model) and no mode beats the dense model there.
 
 A batch of one runs the exact subsets, except in ``"masked"`` mode (chosen or resolved from ``"auto"``).
 The output equals the original model's eval output up to float rounding from the folding (~1e-6 in fp32),
@@ -50,13 +51,6 @@ BATCH_MODES: tuple[str, ...] = ("auto", "group", "union", "masked")
 #: Default channel_align of ImageNet ResNets (oneDNN convolutions; see _open_idx). CIFAR ResNets use 1: their
 #: small convs run on the im2col + GEMM path, where padding costs MACs and there is no kernel cache to keep.
 DEFAULT_IMAGENET_ALIGN = 8
-
-#: "auto" runs a batch image group by image group (exact subsets, one call per distinct mask) in blocks of
-#: at least this many weight elements x input pixels (~MACs per image), the union of the masks below it.
-#: Measured: a CIFAR ResNet block (~5e6) is 1.6x faster in "union" mode at batch 8-32, where per-call
-#: overhead dominates; a 224x224 ResNet-50 block (1e8-2e8) is ~4% faster in "group" mode at batch 4, where
-#: the union's extra channels cost more than the calls.
-AUTO_GROUP_MIN_WORK = 2**25
 
 #: ImageNet ResNets run a block channels_last (NHWC) when its input has at least this many pixels (layer1,
 #: layer2 and the first block of layer3 at 224x224), NCHW below. Measured with oneDNN on AVX2, 1 thread:
@@ -305,16 +299,13 @@ def _pad_idx(g: int, align: int, device: torch.device) -> Tensor:
     return torch.tensor([[g] * align, [0] * align], dtype=torch.long, device=device)
 
 
-def _choose(mode: str, mask: Tensor, work: int, group_min_work: int) -> str:
-    """Strategy of one block for its (N, G) bool mask, "auto" resolved (see the module docstring).
-
-    work: the block's dense weight elements x input pixels, ~ its MACs per image.
-    """
+def _choose(mode: str, mask: Tensor) -> str:
+    """Strategy of one block for its (N, G) bool mask, "auto" resolved (see the module docstring)."""
     if mode != "auto":
         return mode
     if mask.device.type != "cpu":
         return "masked"  # on a GPU, index copies, host syncs and small kernels cost more than they save
-    if work >= group_min_work or bool((mask == mask[:1]).all()):
+    if bool((mask == mask[:1]).all()):
         return "group"  # exact subsets; a single group needs no per-image mask product
     return "union"
 
@@ -329,7 +320,7 @@ def _layout(x: Tensor, nhwc_min_pixels: int) -> Tensor:
 class _ConditionalBlock(nn.Module):
     """What both folded gated blocks share: run the gate, then pick the batch path (see ``batch_mode``).
 
-    Subclasses define ``gate``, ``shortcut``, ``numel``, ``group_min_work``, ``subset`` and ``masked``.
+    Subclasses define ``gate``, ``shortcut``, ``subset`` and ``masked``.
     """
 
     def grouped(self, x: Tensor, sc: Tensor, mask: Tensor) -> Tensor:
@@ -351,7 +342,7 @@ class _ConditionalBlock(nn.Module):
         mask = self.gate(x)
         self.last_mask = mask
         sc = self.shortcut(x)
-        how = _choose(mode, mask, x.shape[2] * x.shape[3] * self.numel, self.group_min_work)
+        how = _choose(mode, mask)
         if how == "masked":
             return self.masked(x, sc, mask)
         if x.shape[0] == 1:
@@ -377,8 +368,6 @@ class ConditionalBasicBlock(_ConditionalBlock):
         self.shortcut = _shortcut(block.downsample)
         self.align: int = align
         self.nhwc_min_pixels: int = nhwc_min_pixels
-        self.numel: int = self.conv1.weight.numel() + self.conv2.weight.numel()
-        self.group_min_work: int = AUTO_GROUP_MIN_WORK
         self.last_mask = self.gate.b2.new_zeros(0, self.gate.num_gates, dtype=torch.bool)  # (0, G) until run
 
     def subset(self, x: Tensor, sc: Tensor, m: Tensor, scale: Tensor | None) -> Tensor:
@@ -420,8 +409,6 @@ class ConditionalBottleneck(_ConditionalBlock):
         self.align: int = align
         self.nhwc_min_pixels: int = nhwc_min_pixels
         self.width: int = block.width
-        self.numel: int = self.conv1.weight.numel() + self.conv2.weight.numel() + self.conv3.weight.numel()
-        self.group_min_work: int = AUTO_GROUP_MIN_WORK
         self.last_mask = self.gate.b2.new_zeros(0, self.gate.num_gates, dtype=torch.bool)  # (0, G) until run
 
     def subset(self, x: Tensor, sc: Tensor, m: Tensor, scale: Tensor | None) -> Tensor:
