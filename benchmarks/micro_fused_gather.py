@@ -109,7 +109,7 @@ def main() -> None:
     L.calibrate_untrained(model, L.CIFAR_TEST)
     core = compile_conditional(model, script=False).core
     x = L.load_images(L.CIFAR_TEST, 1, 224)
-    index = 14  # layer4.1: 2048 x 7 x 7 input, width 512
+    index = int(sys.argv[1]) if len(sys.argv) > 1 else 14  # 14 = layer4.1: 2048 x 7 x 7 input, width 512
     h = block_inputs(core, x)[index].contiguous()
     blk = core.blocks[index]
     with torch.inference_mode():
@@ -164,7 +164,7 @@ def main() -> None:
                     t0 = time.thread_time()
                     f()
                     times[k].append(time.thread_time() - t0)
-    print(f"layer4.1, one image: open conv1 rows {r1.numel()}, conv2 rows {r2.numel()} of {blk.width}")
+    print(f"block {index}, one image: open conv1 rows {r1.numel()}, conv2 rows {r2.numel()} of {blk.width}")
     print(f"max |fused - package|: conv1 {err1:.1e}, conv2 {err2:.1e}")
     print("thread CPU ms, median of 15, caches flushed before each call:")
     for k, v in times.items():
