@@ -31,7 +31,7 @@ def _config_path(name: str | None) -> Path | None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from batchshaping.config import load_config
-    from batchshaping.train import format_summary, train_cifar10
+    from batchshaping.train import format_summary, shutdown_distributed, train_cifar10
 
     cfg = load_config(_config_path(args.config), args.set)
     if args.download:
@@ -45,6 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         summary = run_dataset_training(cfg, args.data_dir, out, args.resume)
         text = format_task_summary(summary)
+    shutdown_distributed()
     if text is not None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         print(text)
         print(f"outputs in {out}")

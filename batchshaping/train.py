@@ -124,6 +124,15 @@ def init_distributed() -> DistInfo:
     return info
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group, if any, together with the other ranks: a rank that tears its backend down
+    while a peer is still in a collective can abort that peer at exit ("terminate called without an active
+    exception" with gloo), which torchrun reports as a failed run."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

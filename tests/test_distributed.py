@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from batchshaping.gates import GateOutput
 from batchshaping.losses import BatchShapingLoss
-from batchshaping.train import batch_shaping_input
+from batchshaping.train import batch_shaping_input, shutdown_distributed
 
 
 def _free_port() -> int:
@@ -33,7 +33,7 @@ def _synced_bs_worker(rank: int, world: int, port: int, logits: torch.Tensor, ou
     loss = BatchShapingLoss()(batch_shaping_input([GateOutput("g", probs, probs)], sync=True))
     loss.backward()
     torch.save({"loss": loss.detach(), "grad": local.grad}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    shutdown_distributed()
 
 
 def test_synced_batch_shaping_equals_single_process_on_the_concatenated_batch(tmp_path):
@@ -63,7 +63,7 @@ def _fit_worker(rank: int, world: int, port: int, out: str) -> None:
     cfg.loss.bs_sync = True
     with pytest.warns(UserWarning, match="sync_bn needs CUDA"):
         fit(CifarResNet(8, 4, GateConfig()), tiny_data(64, 1), tiny_data(32, 2), 4, cfg, f"{out}/run")
-    dist.destroy_process_group()
+    shutdown_distributed()
 
 
 def test_torchrun_style_training_with_two_gloo_processes_writes_only_from_rank0(tmp_path):
