@@ -8,7 +8,7 @@
 # SEED=N (default 0) repeats runs with another seed; their names get the suffix _s<N> (seed 0: none).
 # DEVICE=cuda trains on the GPU (precision "auto": bf16 autocast) under the names <run>_e<N>_gpu; PARALLEL=1
 # starts all the named runs at once (CIFAR ResNets leave most of a big GPU idle), each logging to
-# runs/repro/<run>.log, and waits for them.
+# runs/repro/<run>.log (the run's full name), and waits for them.
 #
 # Without arguments all runs below are done in order. Checkpoints stay in runs/ (never committed).
 set -euo pipefail
@@ -37,10 +37,15 @@ args_for() {
 ORDER=(resnet20 gated_resnet32_bs_l0_0.001 gated_resnet32_l0only_0.025 resnet32 gated_resnet32_bs10_l0_0.001 resnet56)
 [ $# -gt 0 ] && ORDER=("$@")
 for name in "${ORDER[@]}"; do args_for "$name" >/dev/null; done  # fail before any run starts
-one_run() {  # name -> trains it, then copies its small artifacts to results/cifar10/<run>/
-  local run="${1}_e${EPOCHS}" out resume=""
+run_name() {  # name -> <name>_e<EPOCHS>[_s<SEED>][_gpu], the folder of the run and of its artifacts
+  local run="${1}_e${EPOCHS}"
   [ "$SEED" != 0 ] && run="${run}_s${SEED}"
   [ "$DEVICE" != cpu ] && run="${run}_gpu"
+  echo "$run"
+}
+one_run() {  # name -> trains it, then copies its small artifacts to results/cifar10/<run>/
+  local run out resume=""
+  run=$(run_name "$1")
   out="runs/repro/$run"
   [ -f "$out/last.pt" ] && resume="--resume"
   echo "== $run"
@@ -53,7 +58,7 @@ one_run() {  # name -> trains it, then copies its small artifacts to results/cif
 if [ "$PARALLEL" = 1 ]; then
   mkdir -p runs/repro
   pids=()
-  for name in "${ORDER[@]}"; do one_run "$name" >"runs/repro/${name}_e${EPOCHS}.log" 2>&1 & pids+=($!); done
+  for name in "${ORDER[@]}"; do one_run "$name" >"runs/repro/$(run_name "$name").log" 2>&1 & pids+=($!); done
   status=0
   for pid in "${pids[@]}"; do wait "$pid" || status=1; done
   exit $status
