@@ -21,7 +21,7 @@ Batches of more than one image, ``batch_mode``:
 * ``"auto"``: on CPU, per block, ``"group"`` when all images of the batch have the same mask (one group,
   no mask product), else ``"union"``. Measured (benchmarks/README.md, 1 thread): with image-dependent
   masks ``"group"`` is 1.6-1.8x slower than ``"union"`` on CIFAR blocks (one set of small calls per image)
-  and ~1.2x slower on 224x224 ResNet-50 blocks at batch 4-8, where the union's channels-last GEMMs serve
+  and ~1.2x slower on 224x224 ResNet-50 blocks at batch 4, where the union's channels-last GEMMs serve
   the whole batch at once; ``"masked"`` never beats ``"union"``, which runs the dense path itself when the
   union is everything. On a GPU ``"masked"``, for every batch size: measured on an H200 it is the fastest
   mode (1.08-1.20x the dense folded model) and no mode beats the dense model there.
@@ -54,8 +54,8 @@ DEFAULT_IMAGENET_ALIGN = 8
 
 #: ImageNet ResNets run a block channels_last (NHWC) when its input has at least this many pixels (layer1,
 #: layer2 and the first block of layer3 at 224x224), NCHW below. Measured with oneDNN on AVX2, 1 thread:
-#: NHWC 3x3 convs are 10-40% faster at 56x56 and 28x28, above all the narrow ones of a gated block, but up to
-#: 2x slower at 14x14 and 7x7 with 256-512 channels; 1x1 convs are GEMMs that read either layout.
+#: NHWC 3x3 convs are 15-45% faster at 56x56 and up to 7% at 28x28, but about 2x slower at 14x14 and 7x7 with
+#: 256-512 channels (benchmarks/micro_conv_layout.py); 1x1 convs are GEMMs that read either layout.
 NHWC_MIN_PIXELS = 28 * 28
 NEVER = 2**62  # a pixel count no input reaches: NCHW throughout (CIFAR ResNets)
 
