@@ -19,6 +19,10 @@ from torch import Tensor, nn
 #: network first trains like its dense counterpart before the losses start closing channels.
 GATE_BIAS_INIT = 3.0
 
+#: Gate classes over a test set (the paper's definition): a gate open for more than ALWAYS_ON of the
+#: images is "always on", for fewer than ALWAYS_OFF "always off", anything between is "conditional".
+ALWAYS_ON, ALWAYS_OFF = 0.99, 0.01
+
 
 class GateOutput(NamedTuple):
     """What one gating module produced in the last forward pass.

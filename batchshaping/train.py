@@ -31,14 +31,11 @@ from torch import Tensor, nn
 
 from batchshaping.checkpoint import FORMAT, atomic_save, git_commit, load_checkpoint, rng_state, set_rng_state
 from batchshaping.config import TrainConfig, dump_config
-from batchshaping.gates import ChannelGate, GateOutput, gate_outputs
+from batchshaping.gates import ALWAYS_OFF, ALWAYS_ON, ChannelGate, GateOutput, gate_outputs
 from batchshaping.losses import BatchShapingLoss, l0_loss
 from batchshaping.macs import MacCounter
 from batchshaping.models import GateConfig, create_model, model_info
 from batchshaping.schedules import linear_decay, linear_ramp, step_lr
-
-#: Gate classes over a test set (the paper's definition).
-ALWAYS_ON, ALWAYS_OFF = 0.99, 0.01
 
 
 class TrainingDiverged(RuntimeError):

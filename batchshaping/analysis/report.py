@@ -32,7 +32,7 @@ from batchshaping.analysis.stats import (
     split_layers,
     summarize,
 )
-from batchshaping.train import ALWAYS_OFF, ALWAYS_ON
+from batchshaping.gates import ALWAYS_OFF, ALWAYS_ON
 
 #: Images shown in each of the most-/fewest-MACs grids.
 GRID_IMAGES = 16

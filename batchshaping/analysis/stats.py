@@ -1,7 +1,7 @@
 """Pure statistics of a gated network over a test set: gate classes, per-layer counts, rank correlations,
 per-class means and MAC summaries. Inputs are plain tensors/arrays so every number can be checked by hand.
 
-Gate classes follow the paper (and :data:`batchshaping.train.ALWAYS_ON` / ``ALWAYS_OFF``): a gate that is
+Gate classes follow the paper (and :data:`batchshaping.gates.ALWAYS_ON` / ``ALWAYS_OFF``): a gate that is
 open for more than 99% of the test images is *always on*, one open for less than 1% is *always off*, every
 other gate is *conditional*.
 """
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from batchshaping.gates import GateOutput
 from batchshaping.macs import MacCounter
-from batchshaping.train import ALWAYS_OFF, ALWAYS_ON
+from batchshaping.gates import ALWAYS_OFF, ALWAYS_ON
 
 ALWAYS_ON_CLASS, ALWAYS_OFF_CLASS, CONDITIONAL_CLASS = "always_on", "always_off", "conditional"
 #: Order used in tables, JSON and stacked bars.
