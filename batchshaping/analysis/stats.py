@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from batchshaping.gates import GateOutput
+from batchshaping.gates import ALWAYS_OFF, ALWAYS_ON, GateOutput
 from batchshaping.macs import MacCounter
-from batchshaping.gates import ALWAYS_OFF, ALWAYS_ON
 
 ALWAYS_ON_CLASS, ALWAYS_OFF_CLASS, CONDITIONAL_CLASS = "always_on", "always_off", "conditional"
 #: Order used in tables, JSON and stacked bars.
