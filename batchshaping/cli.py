@@ -64,7 +64,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if cfg.data.dataset == "cifar10":
         from batchshaping.data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader, load_cifar10, resolve_data_dir
         from batchshaping.macs import MacCounter
-        from batchshaping.train import evaluate, resolve_precision
+        from batchshaping.runtime import resolve_precision
+        from batchshaping.train import evaluate
 
         data = load_cifar10(resolve_data_dir(args.data_dir or cfg.data.root))
         bs = args.batch_size or 500

@@ -27,7 +27,8 @@ from batchshaping.config import ConfigError, TrainConfig
 from batchshaping.gates import gate_outputs
 from batchshaping.macs import MacCounter
 from batchshaping.models import model_info
-from batchshaping.train import EvalResult, Task, _autocast, build_model, fit, init_distributed
+from batchshaping.runtime import autocast, init_distributed
+from batchshaping.train import EvalResult, Task, build_model, fit
 
 # ------------------------------------------------------------------------------------------- metrics
 
@@ -102,7 +103,7 @@ def evaluate_segmentation(
     on_counts: Tensor | None = None
     device = next(model.parameters()).device
     for x, y in loader:
-        with _autocast(device, autocast_dtype):
+        with autocast(device, autocast_dtype):
             logits = model(x)
         logits, y = logits.float(), y.long()
         if logits.shape[-2:] != y.shape[-2:]:
@@ -402,7 +403,7 @@ def evaluate_dataset(
     validation set (top-1/top-5 or mIoU, conditional MACs, gate statistics). ``class_names``: the
     checkpoint's ImageNet classes, so that only ``val/`` is read (older checkpoints: None, ``train/``)."""
     from batchshaping.data import DeviceLoader
-    from batchshaping.train import resolve_precision
+    from batchshaping.runtime import resolve_precision
 
     setup = dataset_setup(cfg, data_dir, class_names)
     device = next(model.parameters()).device

@@ -10,12 +10,9 @@ loop and works on any dataset given as (x, y) tensors or as DataLoaders; :func:`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import platform
-import random
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -23,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -35,6 +31,15 @@ from batchshaping.gates import ALWAYS_OFF, ALWAYS_ON, ChannelGate, GateOutput, g
 from batchshaping.losses import BatchShapingLoss, l0_loss
 from batchshaping.macs import MacCounter
 from batchshaping.models import GateConfig, create_model, model_info
+from batchshaping.runtime import (
+    autocast,
+    init_distributed,
+    machine_description,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    shutdown_distributed,  # noqa: F401  (re-exported for the CLI until the run module lands)
+)
 from batchshaping.schedules import linear_decay, linear_ramp, step_lr
 
 
@@ -53,93 +58,6 @@ def build_model(cfg: TrainConfig, num_classes: int | None = None) -> nn.Module:
         g = cfg.gate
         kwargs["gate"] = GateConfig(hidden=g.hidden, tau=g.tau, noise=g.noise, bias_init=g.bias_init)
     return create_model(cfg.model, num_classes=num_classes or cfg.num_classes, **kwargs)
-
-
-def _cpu_has_fast_bf16() -> bool:
-    """bf16 matmuls are only fast with AVX512-BF16 or AMX; on AVX2-only CPUs they are several x slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if _cpu_has_fast_bf16() else None
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision 'fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def machine_description(device: torch.device) -> str:
-    """E.g. "AMD EPYC, 2 cores, 2 threads" or the CUDA device name, for results tables."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use device=cpu")
-    return torch.device(name)
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment (NCCL on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend)
-    return info
-
-
-def shutdown_distributed() -> None:
-    """Leave the process group, if any, together with the other ranks: a rank that tears its backend down
-    while a peer is still in a collective can abort that peer at exit ("terminate called without an active
-    exception" with gloo), which torchrun reports as a failed run."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_bn_and_gates: bool) -> list[dict[str, Any]]:
@@ -213,7 +131,7 @@ def evaluate(
     on_counts: Tensor | None = None
     keep: dict[str, list[Tensor]] = {k: [] for k in ("label", "pred", "loss", "entropy", "macs", "mask")}
     for x, y in loader:
-        with _autocast(device, autocast_dtype):
+        with autocast(device, autocast_dtype):
             logits = model(x)
         logits = logits.float()
         losses = F.cross_entropy(logits, y, reduction="none")
@@ -245,12 +163,6 @@ def evaluate(
     return EvalResult(
         correct1 / n, correct5 / n, loss_sum / n, macs_sum / n, float(counter.dense), rate, arrays
     )
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 class Task:
@@ -544,7 +456,7 @@ def _train_epoch(
             g["lr"] = lr
         w_bs = linear_decay(t, lc.bs_weight, lc.bs_end)
         w_l0 = linear_ramp(t, lc.l0_weight, lc.l0_start, lc.l0_end)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = net(x)
         ce = task.loss(logits, y)
         loss, bs, l0 = ce, ce.new_zeros(()), ce.new_zeros(())

@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 
 from batchshaping.gates import GateOutput
 from batchshaping.losses import BatchShapingLoss
-from batchshaping.train import batch_shaping_input, shutdown_distributed
+from batchshaping.runtime import shutdown_distributed
+from batchshaping.train import batch_shaping_input
 
 
 def _free_port() -> int:
