@@ -14,8 +14,6 @@ from batchshaping.analysis.compare import compare_runs, load_run, run_kind
 from batchshaping.analysis.report import analyze_checkpoint, analyze_model, build_analysis, prepare_out
 from batchshaping.analysis.stats import (
     gate_classes,
-    gate_on_rate,
-    macs_from_mask,
     per_class_means,
     per_layer_counts,
     rankdata,
@@ -30,9 +28,7 @@ __all__ = [
     "collect",
     "compare_runs",
     "gate_classes",
-    "gate_on_rate",
     "load_run",
-    "macs_from_mask",
     "per_class_means",
     "per_layer_counts",
     "prepare_out",

@@ -11,11 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from batchshaping.gates import ALWAYS_OFF, ALWAYS_ON, GateOutput
-from batchshaping.macs import MacCounter
+from batchshaping.gates import ALWAYS_OFF, ALWAYS_ON
 
 ALWAYS_ON_CLASS, ALWAYS_OFF_CLASS, CONDITIONAL_CLASS = "always_on", "always_off", "conditional"
 #: Order used in tables, JSON and stacked bars.
@@ -28,16 +26,6 @@ def _np(a: ArrayLike) -> np.ndarray:
     if isinstance(a, Tensor):
         return a.detach().cpu().numpy()
     return np.asarray(a)
-
-
-def gate_on_rate(mask: ArrayLike) -> np.ndarray:
-    """Fraction of images for which each gate is open: mask (N, G) of 0/1 -> (G,) float64."""
-    m = _np(mask).astype(np.float64)
-    if m.ndim != 2:
-        raise ValueError(f"mask must be (N, G), got shape {m.shape}")
-    if len(m) == 0:
-        raise ValueError("mask has no images")
-    return m.mean(0)
 
 
 def gate_classes(
@@ -151,17 +139,3 @@ def extremes(values: ArrayLike, k: int, tiebreak: ArrayLike | None = None) -> tu
     idx = np.arange(len(v))
     # np.lexsort sorts by the last key first.
     return np.lexsort((idx, -t, -v))[:k], np.lexsort((idx, t, v))[:k]
-
-
-def macs_from_mask(
-    counter: MacCounter, mask: Tensor, layer_names: Sequence[str], layer_sizes: Sequence[int]
-) -> Tensor:
-    """Per-image MACs (N,) of the network ``counter`` was built for, under the planted gates ``mask``.
-
-    mask: (N, G) 0/1, the modules' gates concatenated in network order (names/sizes as from
-    :func:`batchshaping.gates.gate_outputs`). The gating modules' own MACs are included.
-    """
-    mask = torch.as_tensor(mask).float()
-    chunks = torch.split(mask, list(layer_sizes), dim=1)
-    outs = [GateOutput(n, c, c) for n, c in zip(layer_names, chunks, strict=True)]
-    return counter.conditional(outs).expand(len(mask)).clone()
