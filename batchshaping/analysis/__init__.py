@@ -11,7 +11,14 @@ Needs matplotlib (``pip install batchshaping[analysis]``).
 
 from batchshaping.analysis.collect import PassResult, collect
 from batchshaping.analysis.compare import compare_runs, load_run, run_kind
-from batchshaping.analysis.report import analyze_checkpoint, analyze_model, build_analysis, prepare_out
+from batchshaping.analysis.report import (
+    analyze_checkpoint,
+    analyze_model,
+    build_analysis,
+    describe_outputs,
+    prepare_out,
+    written_files,
+)
 from batchshaping.analysis.stats import (
     gate_classes,
     per_class_means,
@@ -27,6 +34,7 @@ __all__ = [
     "build_analysis",
     "collect",
     "compare_runs",
+    "describe_outputs",
     "gate_classes",
     "load_run",
     "per_class_means",
@@ -35,4 +43,5 @@ __all__ = [
     "rankdata",
     "run_kind",
     "spearman",
+    "written_files",
 ]

@@ -88,9 +88,10 @@ def run_kind(model: str, bs_weight: float | None, l0_weight: float | None) -> st
     return "L0 only" if l0_weight else "gated, no sparsity loss"
 
 
-def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Compare finished run folders: writes accuracy_vs_macs.png, compare.md and compare.json into
-    ``out`` and returns the compare.json content ({"runs": [one dict per run], ...})."""
+def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> list[Path]:
+    """Compare finished run folders: write compare.md, accuracy_vs_macs.png and compare.json ({"title",
+    "plot", "macs_unit", "runs": one dict per run as :func:`load_run` returns it, plus its point label})
+    into ``out``. Returns the paths written, compare.md first, then the PNG and compare.json."""
     if not run_dirs:
         raise FileNotFoundError("no run folders given")
     rows = [load_run(d) for d in run_dirs]  # all validated before anything is written
@@ -106,7 +107,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
     result = {"title": title, "plot": PLOT_FILE, "macs_unit": unit, "runs": rows}
     (out_path / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_path / "compare.md").write_text(_markdown(rows, title, div, unit))
-    return result
+    return [out_path / "compare.md", out_path / PLOT_FILE, out_path / "compare.json"]
 
 
 def _label(rows: list[dict[str, Any]]) -> None:

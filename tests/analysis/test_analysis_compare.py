@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from batchshaping.analysis import compare_runs
+from batchshaping.analysis import compare_runs, describe_outputs
 from batchshaping.cli import main
 from batchshaping.config import dump_config, load_config
 
@@ -22,10 +22,11 @@ def test_compare_dense_gated_and_l0_only_runs(gated_run, dense_run, tmp_path):
     bs = relabel(gated_run, tmp_path / "bs_run", 0.75, 0.01)
     l0 = relabel(gated_run, tmp_path / "l0_run", 0.0, 0.01)
     out = tmp_path / "cmp"
-    result = compare_runs([bs, dense_run, l0], out)
-    assert (out / "accuracy_vs_macs.png").stat().st_size > 0
+    paths = compare_runs([bs, dense_run, l0], out)
+    assert paths == [out / "compare.md", out / "accuracy_vs_macs.png", out / "compare.json"]
+    assert sorted(paths) == sorted(out.iterdir()) and (out / "accuracy_vs_macs.png").stat().st_size > 0
+    assert describe_outputs(paths) == f"wrote {out}/compare.md (+ 1 plot, compare.json)"
     on_disk = json.loads((out / "compare.json").read_text())
-    assert on_disk == json.loads(json.dumps(result))
     kinds = {r["run"]: r["kind"] for r in on_disk["runs"]}
     assert kinds == {str(bs): "batch-shaping", str(dense_run): "dense", str(l0): "L0 only"}
     summary = json.loads((gated_run / "summary.json").read_text())

@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from batchshaping.analysis import analyze_checkpoint, analyze_model
+from batchshaping.analysis import analyze_checkpoint, analyze_model, describe_outputs
 from batchshaping.checkpoint import CheckpointError, load_model
 from batchshaping.cli import main
 from batchshaping.data import DataError
@@ -12,18 +12,29 @@ from batchshaping.gates import force_gates
 from tests.analysis.conftest import CLASSES, data
 from tests.conftest import tiny_data
 
+NUMBERS = ["analysis.json", "per_image.npz"]  # written after the plots, with or without them
+
 
 def analyze(run, out, n=40, **kw):
-    return analyze_checkpoint(run / "last.pt", out, test_data=data(n, 5), classes=CLASSES, **kw)
+    """analyze_checkpoint on n tiny images: (the analysis.json it wrote, the paths it returned)."""
+    paths = analyze_checkpoint(run / "last.pt", out, test_data=data(n, 5), classes=CLASSES, **kw)
+    return json.loads((out / "analysis.json").read_text()), paths
 
 
 def test_report_references_existing_plots_and_json_is_consistent(gated_run, tmp_path):
-    a = analyze(gated_run, tmp_path, max_images=30)
-    on_disk = json.loads((tmp_path / "analysis.json").read_text())
-    assert on_disk == a and a["num_images"] == 30 and a["gated"]
+    a, paths = analyze(gated_run, tmp_path, max_images=30)
+    assert a["num_images"] == 30 and a["gated"]
     report = (tmp_path / "report.md").read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(images) == 8 and all((tmp_path / p).is_file() for p in images)
+    # Every file written is returned, report.md first.
+    assert paths == [
+        tmp_path / "report.md",
+        *(tmp_path / p for p in images),
+        *(tmp_path / f for f in NUMBERS),
+    ]
+    assert sorted(paths) == sorted(tmp_path.iterdir())
+    assert describe_outputs(paths) == f"wrote {tmp_path}/report.md (+ 8 plots, analysis.json, per_image.npz)"
     assert "gated_resnet20 on" in report and "(30 images)" in report
 
     g = a["gates"]
@@ -69,7 +80,10 @@ def test_forced_gates_give_all_always_on_or_all_always_off(gated_run, tmp_path):
 
 
 def test_dense_checkpoint_reports_no_gates(dense_run, tmp_path):
-    a = analyze(dense_run, tmp_path)
+    a, paths = analyze(dense_run, tmp_path)
+    assert paths == [tmp_path / "report.md", *(tmp_path / f for f in NUMBERS)]
+    assert sorted(paths) == sorted(tmp_path.iterdir())
+    assert describe_outputs(paths) == f"wrote {tmp_path}/report.md (+ analysis.json, per_image.npz)"
     report = (tmp_path / "report.md").read_text()
     assert "has no gates" in report and "top-1" in report and "MMACs" in report
     assert not a["gated"] and "gates" not in a and a["plots"] == {}
@@ -92,7 +106,17 @@ def test_missing_checkpoint_and_unwritable_out_give_clear_errors(gated_run, tmp_
 
 
 def test_real_cifar10_test_set_is_loaded_by_default(gated_run, tmp_path, cifar_dir):
-    a = analyze_checkpoint(gated_run, tmp_path, data_dir=cifar_dir, max_images=50, make_plots=False)
+    paths = analyze_checkpoint(gated_run, tmp_path, data_dir=cifar_dir, max_images=50, make_plots=False)
+    assert [p.name for p in paths] == ["report.md", *NUMBERS]
+    a = json.loads((tmp_path / "analysis.json").read_text())
     assert a["data"] == "CIFAR-10 test" and a["num_images"] == 50
     assert [c["class"] for c in a["per_class"]][:2] == ["airplane", "automobile"]
     assert sum(c["images"] for c in a["per_class"]) == 50
+
+
+def test_describe_outputs_counts_plots():
+    assert (
+        describe_outputs(["o/compare.md", "o/a.png", "o/compare.json"])
+        == "wrote o/compare.md (+ 1 plot, compare.json)"
+    )
+    assert describe_outputs(["o/report.md"]) == "wrote o/report.md"
