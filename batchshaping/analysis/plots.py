@@ -66,25 +66,28 @@ def short_layer_name(name: str) -> str:
 def gate_classes_per_layer(
     layer_names: Sequence[str], counts: Sequence[dict[str, int]], subtitle: str, path: Path
 ) -> None:
-    """Stacked bars per gating module: fractions of always-on / conditional / always-off gates."""
+    """Stacked bars per gating module (L of them): percentages of always-on / conditional / always-off gates.
+
+    counts: L dicts with the gate counts of each class and "total".
+    """
     n = len(layer_names)
     fig, ax = _subplots(figsize=(max(6.0, 0.32 * n + 2.5), 4.2))
     x = np.arange(n)
     bottom = np.zeros(n)
     totals = np.array([c["total"] for c in counts], dtype=float)
     for cls in (ALWAYS_ON_CLASS, CONDITIONAL_CLASS, ALWAYS_OFF_CLASS):
-        frac = np.array([c[cls] for c in counts]) / totals
+        pct = 100 * np.array([c[cls] for c in counts]) / totals
         overall = sum(c[cls] for c in counts) / totals.sum()
-        ax.bar(x, frac, bottom=bottom, color=CLASS_COLORS[cls], width=0.8,
+        ax.bar(x, pct, bottom=bottom, color=CLASS_COLORS[cls], width=0.8,
                label=f"{CLASS_LABELS[cls]} ({100 * overall:.1f}% of all gates)")  # fmt: skip
-        bottom += frac
+        bottom += pct
     ax.set_xticks(x, [short_layer_name(s) for s in layer_names], rotation=90, fontsize=8 if n > 20 else 9)
     ax.set_xlim(-0.6, n - 0.4)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction of the module's gates")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("% of the module's gates")
     ax.set_xlabel("gating module (residual block), input to output")
     ax.set_title(f"Gate classes per layer (on > 99% / off < 1% of images)\n{subtitle}")
-    # Legend outside the axes: every bar reaches 1, so there is no free corner inside.
+    # Legend outside the axes: every bar reaches 100%, so there is no free corner inside.
     handles, labels = ax.get_legend_handles_labels()  # reversed: same top-to-bottom order as the stack
     ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _save(fig, path)
@@ -100,8 +103,8 @@ def gate_prob_histograms(
     """Ridgeline plot: per gating module (first at the top) the distribution of its gate probabilities
     over all (image, gate) pairs, each ridge scaled to its own maximum.
 
-    prob_hist: (L, B) counts over B equal bins of [0, 1]. One axes rather than L panels: it stays readable
-    (and fast) for ResNet-110's 54 modules.
+    prob_hist: (L, B) counts over B equal bins of [0, 1]; counts: L dicts with the gate counts of each
+    class. One axes rather than L panels, so that it stays readable for ResNet-110's 54 modules.
     """
     n, bins = prob_hist.shape
     edges = np.linspace(0, 1, bins + 1)
@@ -166,9 +169,10 @@ def _bins(m: np.ndarray, max_bins: int = 60) -> int | np.ndarray:
 def macs_correct_incorrect(
     macs: np.ndarray, correct: np.ndarray, dense: float, subtitle: str, path: Path
 ) -> None:
-    """Violins (with quartile boxes) of the MACs of correctly and incorrectly classified images, means
-    marked and given in the legend. Violins rather than overlaid histograms: the two groups can differ in
-    size by 10x (a weak model), and a box stays readable for a handful of images."""
+    """Violins (with quartile boxes) of the MACs (N,) of correctly and incorrectly classified images
+    (``correct``: (N,) bool), means marked and given in the legend. Violins rather than overlaid histograms:
+    the two groups can differ in size by 10x (a weak model), and a box stays readable for a handful of
+    images."""
     div, unit = mac_unit(dense)
     m = macs / div
     fig, ax = _subplots(figsize=(6.4, 4.2))
@@ -203,7 +207,8 @@ def macs_vs_difficulty(
     subtitle: str,
     path: Path,
 ) -> None:
-    """Two hexbin panels: MACs against prediction entropy and against the cross-entropy loss (log x)."""
+    """Two hexbin panels: the MACs (N,) against the prediction entropy (N,) and against the cross-entropy
+    loss (N,) on a log axis, titled with the Spearman correlations ``rho_entropy`` / ``rho_loss``."""
     div, unit = mac_unit(dense)
     m = macs / div
     fig, axes = _subplots(1, 2, figsize=(11.5, 4.4))
@@ -222,16 +227,71 @@ def macs_vs_difficulty(
     for ax, x, rho, xlabel, xscale in panels:
         if np.ptp(m) > 0 and np.ptp(x) > 0:
             hb = ax.hexbin(x, m, gridsize=40, xscale=xscale, mincnt=1, bins="log", cmap="viridis")
-            fig.colorbar(hb, ax=ax, label="images per cell")
+            cb = fig.colorbar(hb, ax=ax, label="images per cell")
+            _plain_log_ticks(cb.ax.yaxis, *cb.ax.get_ylim())
         else:  # a constant axis has no extent for hexbin
             ax.scatter(x, m, s=4, alpha=0.5)
             ax.set_xscale(xscale)
+        if xscale == "log":
+            _plain_log_ticks(ax.xaxis, *ax.get_xlim())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"conditional MACs per image ({unit})")
         ax.set_title(f"Spearman rho = {_fmt_rho(rho)}", fontsize=10)
     fig.suptitle(f"Compute versus difficulty\n{subtitle}", fontsize=11)
     fig.tight_layout()
     _save(fig, path)
+
+
+#: Multiples of 10^k that may carry a label on a log axis, densest first (then every 1, 2, 3... decades).
+_LOG_SUBS = ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 5), (1, 2, 5), (1,))
+
+
+def _plain_log_ticks(axis: Any, lo: float, hi: float) -> None:
+    """Label the log-scaled ``axis`` (view limits lo..hi > 0) with plain numbers ("0.2", "5", "1e-05") at
+    the densest of 1..9, 1/2/3/5, 1/2/5, 1 x 10^k (or every few decades) whose labels fit side by side
+    without touching (measured in the tick-label font); the other ticks stay unlabelled.
+
+    Matplotlib's default labels minor ticks too when the axis spans about a decade or less, and those
+    "2x10^-1" labels run into each other on a narrow panel.
+    """
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextPath
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    horizontal = axis.axis_name == "x"
+    font = FontProperties(size=rcParams["xtick.labelsize" if horizontal else "ytick.labelsize"])
+    pt = font.get_size_in_points()
+    box, (fig_w, fig_h) = axis.axes.get_position(), axis.axes.figure.get_size_inches()
+    length = 72 * (box.width * fig_w if horizontal else box.height * fig_h)  # points, before tight_layout
+
+    def extent(v: float) -> float:  # of the label along the axis, in points
+        return TextPath((0, 0), f"{v:g}", prop=font).get_extents().width if horizontal else 1.5 * pt
+
+    def fits(t: np.ndarray) -> bool:
+        pos = np.log10(t / lo) / np.log10(hi / lo) * length
+        ext = np.array([extent(v) for v in t])
+        return bool(np.all(np.diff(pos) >= (ext[1:] + ext[:-1]) / 2 + 0.3 * pt))
+
+    lo, hi = sorted((float(lo), float(hi)))
+    ticks = np.zeros(0)
+    if 0 < lo < hi:
+        span = np.log10(hi / lo)
+        decades = np.arange(np.floor(np.log10(lo)), np.ceil(np.log10(hi)) + 1)
+        candidates = [(subs, 1) for subs in _LOG_SUBS] + [((1,), k) for k in range(2, int(span) + 2)]
+        for subs, every in candidates:
+            t = np.array([s * 10.0**d for d in decades[decades % every == 0] for s in subs])
+            t = t[(t >= lo * (1 - 1e-9)) & (t <= hi * (1 + 1e-9))]
+            if len(t) >= 2 and fits(t):
+                ticks = t
+                break
+        if len(ticks) < 2:  # less than a tick per 1..9 step in view: linear steps read fine here
+            ticks = MaxNLocator(nbins=3).tick_values(lo, hi)
+    if len(ticks) >= 2:
+        axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _fmt_rho(rho: float) -> str:
@@ -247,8 +307,9 @@ def macs_per_class(
     subtitle: str,
     path: Path,
 ) -> None:
-    """Bar per class: mean conditional MACs, the class's top-1 accuracy written inside the bar's foot
-    (above the bar it would collide with the line of the overall mean)."""
+    """Bar per class (K of them): mean conditional MACs ``means`` (K,) (NaN: no image), the class's top-1
+    ``accuracy`` (K,) written inside the bar's foot (above the bar it would collide with the line of the
+    overall mean ``overall``)."""
     div, unit = mac_unit(dense)
     k = len(class_names)
     fig, ax = _subplots(figsize=(max(6.4, 0.6 * k + 1.5), 4.2))
@@ -285,7 +346,7 @@ def image_grid(
     """Grid of images (K, C, H, W) -- uint8, or float in [0, 1] -- with a caption over each; captions
     with ``highlight`` set (misclassified images) are red.
 
-    The tiles go into one mosaic drawn by a single imshow (one axes instead of K: several times faster).
+    The tiles go into one mosaic drawn by a single imshow (one axes rather than K).
     """
     k = len(images)
     ncols = max(1, min(ncols, k))

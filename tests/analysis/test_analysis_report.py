@@ -1,10 +1,11 @@
 import json
 import re
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
-from batchshaping.analysis import analyze_checkpoint, analyze_model, describe_outputs
+from batchshaping.analysis import analyze_checkpoint, analyze_model, describe_outputs, plots
 from batchshaping.checkpoint import CheckpointError, load_model
 from batchshaping.cli import main
 from batchshaping.data import DataError
@@ -120,3 +121,19 @@ def test_describe_outputs_counts_plots():
         == "wrote o/compare.md (+ 1 plot, compare.json)"
     )
     assert describe_outputs(["o/report.md"]) == "wrote o/report.md"
+
+
+@pytest.mark.parametrize(
+    "lo, hi", [(0.55, 0.95), (1.7, 4.8), (0.15, 2.2), (0.02, 3), (1e-4, 8), (0.51, 0.53)]
+)
+def test_log_axis_labels_are_plain_and_do_not_overlap(lo, hi):
+    fig, ax = plots._subplots(figsize=(5.75, 4.4))  # about one panel of macs_vs_entropy_loss.png
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    plots._plain_log_ticks(ax.xaxis, lo, hi)
+    fig.canvas.draw()
+    labels = [t for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert len(labels) >= 2 and all("times" not in t.get_text() for t in labels)
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
+    boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.x0)
+    assert all(left.x1 < right.x0 for left, right in pairwise(boxes))
