@@ -14,19 +14,11 @@ open channels only:
 
 Batches of more than one image, ``batch_mode``:
 
-* ``"group"``: the images with the same mask in a block run together on exactly their open channels.
 * ``"union"``: the whole batch runs on the union of its open channels; multiplying by each image's mask
-  zeroes what that image does not use, which keeps the result exact.
+  zeroes what that image does not use, which keeps the result exact. A batch of one runs its exact subsets.
 * ``"masked"``: dense folded convolutions times the mask (the original computation minus BatchNorm).
-* ``"auto"``: on CPU, per block, ``"group"`` when all images of the batch have the same mask (one group,
-  no mask product), else ``"union"``. Measured (benchmarks/README.md, 1 thread): with image-dependent
-  masks ``"group"`` is 1.6-1.8x slower than ``"union"`` on CIFAR blocks (one set of small calls per image)
-  and ~1.2x slower on 224x224 ResNet-50 blocks at batch 4, where the union's channels-last GEMMs serve
-  the whole batch at once; ``"masked"`` never beats ``"union"``, which runs the dense path itself when the
-  union is everything. On a GPU ``"masked"``, for every batch size: measured on an H200 it is the fastest
-  mode (1.08-1.20x the dense folded model) and no mode beats the dense model there.
+* ``"auto"``: ``"union"`` for a model on the CPU, ``"masked"`` on any other device.
 
-A batch of one runs the exact subsets, except in ``"masked"`` mode (chosen or resolved from ``"auto"``).
 The output equals the original model's eval output up to float rounding from the folding (~1e-6 in fp32),
 with the same gates except for logits within rounding distance of 0.
 """
@@ -45,19 +37,35 @@ from batchshaping.models.blocks import BasicBlock, Bottleneck
 from batchshaping.models.cifar_resnet import CifarResNet, PadShortcut
 from batchshaping.models.resnet import ResNet
 
-BatchMode = Literal["auto", "group", "union", "masked"]
-BATCH_MODES: tuple[str, ...] = ("auto", "group", "union", "masked")
+# Batch modes kept because a measured case needs them (benchmarks/README.md, "Batches" and "GPU (H200)"):
+# "union" was the fastest CPU mode in every measured batch (ResNet-32 at 8 and 32, ResNet-50 at 4); "masked"
+# was the fastest on an H200 at every batch size (1.08-1.88x the dense time, union 1.14-3.14x). "group" (one
+# call per distinct mask) was removed: it never won (1.2-1.8x the union's time on CPU with image-dependent
+# masks, equal with shared masks, 15-160x the dense time on the H200).
+BatchMode = Literal["auto", "union", "masked"]
+BATCH_MODES: tuple[str, ...] = ("auto", "union", "masked")
 
-#: Default channel_align of ImageNet ResNets (oneDNN convolutions; see _open_idx). CIFAR ResNets use 1: their
+#: Default channel_align of ImageNet ResNets (oneDNN convolutions; see open_idx). CIFAR ResNets use 1: their
 #: small convs run on the im2col + GEMM path, where padding costs MACs and there is no kernel cache to keep.
 DEFAULT_IMAGENET_ALIGN = 8
 
 #: ImageNet ResNets run a block channels_last (NHWC) when its input has at least this many pixels (layer1,
-#: layer2 and the first block of layer3 at 224x224), NCHW below. Measured with oneDNN on AVX2, 1 thread:
-#: NHWC 3x3 convs are 15-45% faster at 56x56 and up to 7% at 28x28, but about 2x slower at 14x14 and 7x7 with
-#: 256-512 channels (benchmarks/micro_conv_layout.py); 1x1 convs are GEMMs that read either layout.
+#: layer2 and the first block of layer3 at 224x224), NCHW below: oneDNN's NHWC 3x3 convs are faster on the
+#: big maps and slower on the small, wide ones (benchmarks/probes/micro_conv_layout.py); 1x1 convs are
+#: GEMMs that read either layout.
 NHWC_MIN_PIXELS = 28 * 28
 NEVER = 2**62  # a pixel count no input reaches: NCHW throughout (CIFAR ResNets)
+
+
+def resolve_batch_mode(batch_mode: str, device: torch.device) -> str:
+    """The mode a model on ``device`` runs for ``batch_mode``: "auto" is "union" on CPU, "masked" elsewhere
+    (on a GPU, index copies, host syncs and small kernels cost more than the skipped MACs save)."""
+    if batch_mode not in BATCH_MODES:
+        removed = " ('group' was removed: it was never the fastest)" if batch_mode == "group" else ""
+        raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}{removed}")
+    if batch_mode != "auto":
+        return batch_mode
+    return "union" if device.type == "cpu" else "masked"
 
 
 def _add_relu_(y: Tensor, other: Tensor) -> Tensor:
@@ -97,9 +105,9 @@ class FoldedConv(nn.Module):
     ``run`` can compute only some output channels (rows of the weight) from only some input channels
     (columns), given as index tensors. With ``zero_row`` the weight and bias get one extra all-zero output
     channel at index C_out: indexing it yields an output channel that is exactly 0 (after ReLU too), which
-    pads channel subsets to aligned sizes (see :func:`_open_idx`). With ``columns_t`` (1x1 convs that read a
-    channel subset) a transposed copy of the weight, (C_in, C_out), turns the column gather into a row gather
-    (contiguous copies; the measured gain is small and noisy, see benchmarks/README.md).
+    pads channel subsets to aligned sizes (see :func:`open_idx`). With ``columns_t`` (a 1x1 conv that reads
+    a channel subset) a transposed copy of the weight, (C_in, C_out), turns the column gather into a gather
+    of contiguous rows.
     """
 
     def __init__(
@@ -120,17 +128,18 @@ class FoldedConv(nn.Module):
         self.register_buffer(
             "weight_t", self.weight.flatten(1).t().contiguous() if self.columns_t else w.new_zeros(0, 0)
         )
-        # Measured crossover of the single flat gather vs rows-then-columns (ResNet-50: layers 3 and 4).
+        # Big 3x3 convs (ResNet-50 layers 3 and 4): one flat gather of the needed kernels beats gathering
+        # rows then columns, the copies being a large share of these convs' time.
         self.flat_gather: bool = conv.kernel_size != (1, 1) and conv.in_channels * conv.out_channels >= 2**15
-        # F.conv2d sends a batch-1 input of <= 20480 elements to the slow im2col path (a heuristic for small
-        # convs); for the subsets of ResNet-50's layer4 3x3 convs (k x 7 x 7) oneDNN is as fast or faster.
+        # For the same convs call oneDNN directly: F.conv2d sends small batch-1 inputs (their narrow subsets
+        # at 7x7) to its slower im2col path.
         self.onednn: bool = self.flat_gather and torch.backends.mkldnn.is_available()
 
     def matrix(self, out_idx: Tensor | None, in_idx: Tensor | None) -> Tensor:
         """A 1x1 conv's (k_out, k_in) weight matrix for the given subsets (a transposed view with
         ``columns_t``)."""
         if in_idx is not None and out_idx is None and self.columns_t:
-            return self.weight_t.index_select(0, in_idx).t()  # rows of the transposed weight: contiguous
+            return self.weight_t.index_select(0, in_idx).t()
         w = self.weight[:, :, 0, 0]
         if out_idx is not None:
             w = self.weight_ext[:, :, 0, 0].index_select(0, out_idx)
@@ -140,8 +149,6 @@ class FoldedConv(nn.Module):
         """The (k_out, k_in, kh, kw) weight for the given subsets (contiguous)."""
         c_out, c_in, kh, kw = self.weight.shape
         if in_idx is not None and out_idx is not None and self.flat_gather:
-            # One pass over the (k_out * k_in) kernels needed, instead of rows then columns: ~25% less
-            # time for the big 3x3 convs, where these copies cost half as much as the conv itself.
             flat = (out_idx[:, None] * c_in + in_idx[None, :]).flatten()
             w = self.weight_ext.view(-1, kh * kw).index_select(0, flat)
             return w.view(out_idx.shape[0], in_idx.shape[0], kh, kw)
@@ -186,7 +193,6 @@ class FoldedConv(nn.Module):
             return y.view(1, -1, h, wd)
         w = self.kernel(out_idx, in_idx)
         if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32:
-            # F.conv2d sends small batch-1 inputs to its slow im2col path; oneDNN is as fast or faster here.
             if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
                 x = x.contiguous()
             y = torch.ops.aten.mkldnn_convolution(x, w, b, self.padding, self.stride, self.dilation, 1)
@@ -195,9 +201,6 @@ class FoldedConv(nn.Module):
         if residual is not None:
             _add_relu_(y, residual)
         return y
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.run(x)
 
 
 class FoldedGate(nn.Module):
@@ -273,15 +276,15 @@ def _shortcut(downsample: nn.Module | None) -> nn.Module:
     raise ValueError(f"unsupported shortcut module: {downsample}")
 
 
-def _open_idx(m: Tensor, align: int, pad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+def open_idx(m: Tensor, align: int, pad: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """(G,) bool gates -> (rows, cols): indices of the open channels as rows of the conv computing them and
     as columns of the conv reading them; (None, None) when all are open (use the full weights).
 
     With align > 1 a non-empty subset of k channels is padded to min(ceil(k / align) * align, G): the extra
     rows index the zero output channel G of the producing conv (exactly 0 out), the extra columns channel 0
     (any would do), as they only ever multiply those zeros. ``pad`` (2, align) int64 holds [G..., 0...], so
-    the padding is one slice and one cat. Few distinct shapes keep oneDNN's primitive cache warm (a new conv
-    shape costs ~1 ms of kernel generation at 224x224), and oneDNN pads channels to blocks of 8 anyway.
+    the padding is one slice and one cat. Few distinct shapes keep oneDNN's primitive cache warm (every new
+    conv shape costs a kernel generation), and oneDNN pads channels to blocks of 8 anyway.
     """
     idx = m.nonzero().flatten()
     k, g = idx.numel(), m.numel()
@@ -295,19 +298,8 @@ def _open_idx(m: Tensor, align: int, pad: Tensor) -> tuple[Tensor | None, Tensor
 
 
 def _pad_idx(g: int, align: int, device: torch.device) -> Tensor:
-    """The (2, align) padding indices of :func:`_open_idx` for G gates: row G (the zero channel), column 0."""
+    """The (2, align) padding indices of :func:`open_idx` for G gates: row G (the zero channel), column 0."""
     return torch.tensor([[g] * align, [0] * align], dtype=torch.long, device=device)
-
-
-def _choose(mode: str, mask: Tensor) -> str:
-    """Strategy of one block for its (N, G) bool mask, "auto" resolved (see the module docstring)."""
-    if mode != "auto":
-        return mode
-    if mask.device.type != "cpu":
-        return "masked"  # on a GPU, index copies, host syncs and small kernels cost more than they save
-    if bool((mask == mask[:1]).all()):
-        return "group"  # exact subsets; a single group needs no per-image mask product
-    return "union"
 
 
 def _layout(x: Tensor, nhwc_min_pixels: int) -> Tensor:
@@ -318,47 +310,33 @@ def _layout(x: Tensor, nhwc_min_pixels: int) -> Tensor:
 
 
 class _ConditionalBlock(nn.Module):
-    """What both folded gated blocks share: run the gate, then pick the batch path (see ``batch_mode``).
+    """What both folded gated blocks share: run the gate, then the batch path of ``masked_mode``.
 
     Subclasses define ``gate``, ``shortcut``, ``subset`` and ``masked``.
     """
 
-    def grouped(self, x: Tensor, sc: Tensor, mask: Tensor) -> Tensor:
-        """One ``subset`` call per distinct row of the (N, G) mask; results scattered back in batch order."""
-        uniq, inv = torch.unique(mask, dim=0, return_inverse=True)
-        if uniq.shape[0] == 1:
-            return self.subset(x, sc, uniq[0], None)
-        out = x.new_empty(0)
-        for g in range(uniq.shape[0]):
-            rows = (inv == g).nonzero().flatten()
-            y = self.subset(x.index_select(0, rows), sc.index_select(0, rows), uniq[g], None)
-            if g == 0:
-                out = y.new_empty([x.shape[0], y.shape[1], y.shape[2], y.shape[3]])
-            out.index_copy_(0, rows, y)
-        return out
-
-    def forward(self, x: Tensor, mode: str) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         x = _layout(x, self.nhwc_min_pixels)
         mask = self.gate(x)
         self.last_mask = mask
         sc = self.shortcut(x)
-        how = _choose(mode, mask)
-        if how == "masked":
+        if self.masked_mode:
             return self.masked(x, sc, mask)
         if x.shape[0] == 1:
             return self.subset(x, sc, mask[0], None)
-        if how == "union":
-            return self.subset(x, sc, mask.any(0), mask.to(x.dtype))
-        return self.grouped(x, sc, mask)
+        return self.subset(x, sc, mask.any(0), mask.to(x.dtype))
 
 
 class ConditionalBasicBlock(_ConditionalBlock):
     """Folded gated BasicBlock: x (N, C_in, H, W) -> (N, planes, H/s, W/s); skips closed channels.
 
-    ``last_mask`` keeps the (N, planes) bool gates of the last forward pass.
+    ``last_mask`` keeps the (N, planes) bool gates of the last forward pass. ``masked_mode``: run the dense
+    convs times the mask instead of the union of the open channels.
     """
 
-    def __init__(self, block: BasicBlock, align: int = 1, nhwc_min_pixels: int = NEVER) -> None:
+    def __init__(
+        self, block: BasicBlock, align: int = 1, nhwc_min_pixels: int = NEVER, masked_mode: bool = False
+    ) -> None:
         super().__init__()
         assert block.gate is not None
         self.gate = FoldedGate(block.gate)
@@ -368,6 +346,7 @@ class ConditionalBasicBlock(_ConditionalBlock):
         self.shortcut = _shortcut(block.downsample)
         self.align: int = align
         self.nhwc_min_pixels: int = nhwc_min_pixels
+        self.masked_mode: bool = masked_mode
         self.last_mask = self.gate.b2.new_zeros(0, self.gate.num_gates, dtype=torch.bool)  # (0, G) until run
 
     def subset(self, x: Tensor, sc: Tensor, m: Tensor, scale: Tensor | None) -> Tensor:
@@ -375,7 +354,7 @@ class ConditionalBasicBlock(_ConditionalBlock):
 
         scale (N, G) or None: per-image 0/1 gates multiplied into conv1's outputs (union mode).
         """
-        rows, cols = _open_idx(m, self.align, self.pad)
+        rows, cols = open_idx(m, self.align, self.pad)
         if rows is not None and rows.numel() == 0:
             # conv2 sees only zeros: its output is its folded bias everywhere.
             return sc.add(self.conv2.bias[:, None, None]).relu_()
@@ -397,24 +376,29 @@ class ConditionalBottleneck(_ConditionalBlock):
     The gate has 2 * width outputs: [conv1 gates, conv2 gates]. ``last_mask``: (N, 2 * width) bool.
     """
 
-    def __init__(self, block: Bottleneck, align: int = 1, nhwc_min_pixels: int = NEVER) -> None:
+    def __init__(
+        self, block: Bottleneck, align: int = 1, nhwc_min_pixels: int = NEVER, masked_mode: bool = False
+    ) -> None:
         super().__init__()
         assert block.gate is not None
         self.gate = FoldedGate(block.gate)
         self.conv1 = FoldedConv(block.conv1, block.bn1, zero_row=align > 1)
         self.conv2 = FoldedConv(block.conv2, block.bn2, zero_row=align > 1)
+        # The transposed copy of conv3's weight (20 MB more for ResNet-50) is kept for speed: without it the
+        # conditional ResNet-50 was 3% slower (benchmarks/README.md, "Leaner inference.py").
         self.conv3 = FoldedConv(block.conv3, block.bn3, columns_t=True)
         self.register_buffer("pad", _pad_idx(block.width, align, block.conv1.weight.device))
         self.shortcut = _shortcut(block.downsample)
         self.align: int = align
         self.nhwc_min_pixels: int = nhwc_min_pixels
+        self.masked_mode: bool = masked_mode
         self.width: int = block.width
         self.last_mask = self.gate.b2.new_zeros(0, self.gate.num_gates, dtype=torch.bool)  # (0, G) until run
 
     def subset(self, x: Tensor, sc: Tensor, m: Tensor, scale: Tensor | None) -> Tensor:
         """As :meth:`ConditionalBasicBlock.subset`, with m (2 * width,) and scale (N, 2 * width) or None."""
-        r1, c1 = _open_idx(m[: self.width], self.align, self.pad)
-        r2, c2 = _open_idx(m[self.width :], self.align, self.pad)
+        r1, c1 = open_idx(m[: self.width], self.align, self.pad)
+        r2, c2 = open_idx(m[self.width :], self.align, self.pad)
         if r2 is not None and r2.numel() == 0:
             return sc.add(self.conv3.bias[:, None, None]).relu_()  # conv3 sees only zeros
         s1: Tensor | None = None
@@ -466,7 +450,7 @@ class DenseBlock(nn.Module):
         self.last = convs[-1]
         self.shortcut = _shortcut(block.downsample)
 
-    def forward(self, x: Tensor, mode: str) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         x = _layout(x, self.nhwc_min_pixels)
         sc = self.shortcut(x)
         h = x
@@ -475,18 +459,21 @@ class DenseBlock(nn.Module):
         return self.last.run(h, residual=sc)
 
 
-def _convert_block(block: nn.Module, align: int, nhwc_min_pixels: int) -> nn.Module:
+def _convert_block(block: nn.Module, align: int, nhwc_min_pixels: int, masked_mode: bool) -> nn.Module:
     if isinstance(block, BasicBlock | Bottleneck):
         if block.gate is None or block.gate.force == 1.0:
             return DenseBlock(block, nhwc_min_pixels)
         if isinstance(block, BasicBlock):
-            return ConditionalBasicBlock(block, align, nhwc_min_pixels)
-        return ConditionalBottleneck(block, align, nhwc_min_pixels)
+            return ConditionalBasicBlock(block, align, nhwc_min_pixels, masked_mode)
+        return ConditionalBottleneck(block, align, nhwc_min_pixels, masked_mode)
     raise ValueError(f"unsupported block type: {type(block).__name__}")
 
 
 class ConditionalCore(nn.Module):
-    """The scriptable network: x (N, 3, H, W) -> logits (N, num_classes)."""
+    """The scriptable network: x (N, 3, H, W) -> logits (N, num_classes).
+
+    batch_mode: "union" or "masked" ("auto" already resolved by :func:`resolve_batch_mode`).
+    """
 
     def __init__(
         self, model: CifarResNet | ResNet, batch_mode: str, align: int, nhwc_min_pixels: int
@@ -498,7 +485,7 @@ class ConditionalCore(nn.Module):
         self.nhwc_min_pixels: int = nhwc_min_pixels
         self.blocks = nn.ModuleList(
             [
-                _convert_block(b, align, nhwc_min_pixels)
+                _convert_block(b, align, nhwc_min_pixels, batch_mode == "masked")
                 for name in ("layer1", "layer2", "layer3", "layer4")
                 for b in getattr(model, name, ())
             ]
@@ -516,7 +503,7 @@ class ConditionalCore(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem_forward(x)
         for block in self.blocks:
-            x = block(x, self.batch_mode)
+            x = block(x)
         return F.linear(x.mean((2, 3)), self.fc_weight, self.fc_bias)
 
 
@@ -537,8 +524,7 @@ class ConditionalResNet(nn.Module):
         nhwc_min_pixels: int | None = None,
     ) -> None:
         super().__init__()
-        if batch_mode not in BATCH_MODES:
-            raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
+        batch_mode = resolve_batch_mode(batch_mode, model.fc.weight.device)
         if channel_align is None:
             channel_align = 1 if isinstance(model, CifarResNet) else DEFAULT_IMAGENET_ALIGN
         if channel_align < 1:
@@ -570,6 +556,7 @@ class ConditionalResNet(nn.Module):
 
     @property
     def batch_mode(self) -> str:
+        """The batch mode in use: "union" or "masked" ("auto" resolved for the model's device)."""
         return self.core.batch_mode
 
     def _apply(self, fn, recurse=True):
@@ -583,9 +570,8 @@ class ConditionalResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (N, 3, H, W) -> logits (N, num_classes), computed under torch.inference_mode."""
-        # optimized_execution(False): TorchScript's profiling executor would spend seconds optimising the
-        # graph on the first calls (2-5 s of CPU for ResNet-50) for no measurable steady-state gain here; the
-        # plain interpreter still removes the Python overhead.
+        # optimized_execution(False): TorchScript's profiling executor would spend seconds of CPU optimising
+        # the graph on the first calls, for no steady-state gain here (benchmarks/README.md).
         with torch.inference_mode(), torch.jit.optimized_execution(False):
             return self.core(x)
 
@@ -610,17 +596,17 @@ def compile_conditional(
 ) -> ConditionalResNet:
     """Convert a gated CifarResNet / ResNet into an eval-only module that skips its closed channels.
 
-    model: trained gated model. Its train/eval mode does not matter: BatchNorm running statistics are used
-        and the gates are the eval gates 1[logits > 0]; a gate with ``force`` set keeps its forced value.
-        The weights are copied, so later changes to ``model`` are not seen.
-    batch_mode: strategy for batches of more than one image, "auto" | "group" | "union" | "masked" (module
-        docstring). A batch of one runs the exact open-channel subsets, except in "masked" mode (on a GPU,
-        "auto" is "masked").
+    model: trained gated model, on the device the compiled module will run on. Its train/eval mode does not
+        matter: BatchNorm running statistics are used and the gates are the eval gates 1[logits > 0]; a gate
+        with ``force`` set keeps its forced value. The weights are copied, so later changes to ``model`` are
+        not seen.
+    batch_mode: "auto" | "union" | "masked" (module docstring). "auto" is "union" on CPU (a batch of one
+        then runs its exact open-channel subsets) and "masked" on other devices.
     script: compile the network with ``torch.jit.script`` (falls back to eager with a RuntimeWarning if that
-        fails): ~25% faster at batch 1 on CIFAR ResNets, where per-op overhead is comparable to the small
-        convolutions, and a few % at 224x224 (benchmarks/README.md). False: plain eager PyTorch.
+        fails); it removes most of the per-op interpreter overhead, which matters for small convs.
+        False: plain eager PyTorch.
     channel_align: pad each open-channel subset to a multiple of this many channels with exact-zero
-        channels (see :func:`_open_idx`). None: 8 for ImageNet ResNets, 1 (no padding) for CIFAR ResNets.
+        channels (see :func:`open_idx`). None: 8 for ImageNet ResNets, 1 (no padding) for CIFAR ResNets.
     nhwc_min_pixels: the stem and each block run channels_last (NHWC) when their input has at least this
         many pixels (H * W), NCHW otherwise; the layout only changes speed. None: :data:`NHWC_MIN_PIXELS`
         (28 x 28) for ImageNet ResNets, never for CIFAR ResNets (32x32 inputs: small convs on im2col).

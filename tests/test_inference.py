@@ -13,15 +13,15 @@ from batchshaping.inference import (
     BATCH_MODES,
     ConditionalBasicBlock,
     ConditionalBottleneck,
-    _choose,
     compile_conditional,
+    resolve_batch_mode,
 )
 from batchshaping.models.blocks import Bottleneck, GateConfig
 from batchshaping.models.resnet import ResNet
 
 CIFAR_TEST = Path("/work/shared/data/cifar10/cifar10_test.npz")
 ATOL = 1e-4
-MODES = list(BATCH_MODES)
+MODES = [m for m in BATCH_MODES if m != "auto"]  # on CPU "auto" is "union"; the default calls test it
 
 
 def compile_eager(model, **kwargs):
@@ -241,9 +241,9 @@ def test_closed_block_reduces_to_its_shortcut_plus_bias(name, request):
     cblock = conditional.core.blocks[len(model.layer1)]
     assert isinstance(cblock, ConditionalBasicBlock | ConditionalBottleneck)
     with torch.inference_mode():
-        got = cblock(h, "auto")
+        got = cblock(h)
         assert not cblock.last_mask.any()
-        got1 = cblock(h[:1], "auto")
+        got1 = cblock(h[:1])
     torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
     torch.testing.assert_close(got1, expected[:1], rtol=0, atol=ATOL)
     assert_same(conditional(x), ref)
@@ -278,7 +278,7 @@ def test_bottleneck_with_conv1_closed_and_conv2_open(r50):
 
 
 @pytest.mark.parametrize("name", ["r20", "r50"])
-def test_union_group_and_masked_agree_on_handmade_masks(name, request):
+def test_union_and_masked_agree_on_handmade_masks(name, request):
     """Rows all closed, all open, and (Bottleneck) conv1-closed-only, in one batch."""
     model = request.getfixturevalue(name)
     conditional = compile_eager(model)
@@ -290,18 +290,16 @@ def test_union_group_and_masked_agree_on_handmade_masks(name, request):
     x = torch.randn(5, c_in, 8, 8, generator=gen).relu()
     mask = torch.rand(5, g, generator=gen) > 0.5
     mask[0], mask[1] = False, True
-    mask[3] = mask[2]  # two images in one group
     if isinstance(cblock, ConditionalBottleneck):
         mask[4, :width] = False
     sc = cblock.shortcut(x)
     with torch.inference_mode():
         ref = cblock.masked(x, sc.clone(), mask)
         union = cblock.subset(x, sc.clone(), mask.any(0), mask.float())
-        grouped = cblock.grouped(x, sc.clone(), mask)
         single = torch.cat(
             [cblock.subset(x[i : i + 1], sc[i : i + 1].clone(), mask[i], None) for i in range(5)]
         )
-    for got in (union, grouped, single):
+    for got in (union, single):
         torch.testing.assert_close(got, ref, rtol=0, atol=ATOL)
 
 
@@ -327,16 +325,11 @@ def test_other_layouts_match_masked_model(build):
 
 
 def test_auto_mode_policy():
-    same = torch.tensor([[True, False, True]]).expand(4, 3)
-    diverse = torch.eye(3, dtype=torch.bool)
-    assert _choose("auto", same) == "group"  # one group, no mask product
-    assert _choose("auto", diverse) == "union"  # one call per conv for the whole batch
-    assert _choose("masked", same) == "masked"
-    assert _choose("group", diverse) == "group"
-    # Off the CPU (a "meta" tensor stands in for a GPU one here) "auto" is "masked", at any batch size.
-    assert _choose("auto", same[:1].to("meta")) == "masked"
-    assert _choose("auto", diverse.to("meta")) == "masked"
-    assert _choose("union", diverse.to("meta")) == "union"
+    assert resolve_batch_mode("auto", torch.device("cpu")) == "union"
+    # Off the CPU "auto" is "masked", at any batch size; explicit modes are kept.
+    assert resolve_batch_mode("auto", torch.device("cuda")) == "masked"
+    assert resolve_batch_mode("union", torch.device("cuda")) == "union"
+    assert resolve_batch_mode("masked", torch.device("cpu")) == "masked"
 
 
 def test_model_without_gates_is_folded_with_a_warning():
@@ -353,6 +346,12 @@ def test_model_without_gates_is_folded_with_a_warning():
 def test_bad_arguments_and_training_are_rejected(r20):
     with pytest.raises(ValueError, match="batch_mode"):
         compile_eager(r20, batch_mode="fastest")
+    with pytest.raises(ValueError, match=r"one of \('auto', 'union', 'masked'\).*'group' was removed"):
+        compile_eager(r20, batch_mode="group")
+    assert (
+        compile_eager(r20).batch_mode == "union"
+        and compile_eager(r20, batch_mode="masked").batch_mode == "masked"
+    )
     with pytest.raises(ValueError, match="CifarResNet and ResNet"):
         compile_eager(torch.nn.Linear(3, 3))
     with pytest.raises(RuntimeError, match="inference-only"):
