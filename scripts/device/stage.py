@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""Run HERE (no GPU): cut the real CIFAR-10 into pieces that fit the device tool's 64 MiB per call.
+
+    nice -n 10 python scripts/device/stage.py [--runs "resnet20 ..."] [--epochs 36]
+
+Reads ../shared/data/cifar10/*.npz (uint8 images and labels; the filenames are dropped), checks the arrays
+against the content sha256 sums of that folder's README, lays them out as one raw byte stream
+(x_train, x_test, y_train, y_test), cuts it into N ranges and compresses each with xz (delta filter over
+the 3 colour bytes + LZMA2: 0.67 of the raw size, where the npz deflate gives 0.92). N is the fewest pieces
+such that each piece, the working tree that travels with every call (tracked and untracked, not ignored
+files) and a margin stay under 64 MiB. Writes into the git-ignored folder .devdata/:
+
+    .devdata/cifar10.<k>of<N>.xz   the pieces
+    .devdata/manifest.json         array layout and content sha256, each piece's sha256, bytes and range
+    .devdata/calls.json            the device calls to make (carry lists, commands, timeouts)
+
+and prints those calls. Running it again reuses the pieces when the data and N are unchanged.
+scripts/device/assemble.py turns the pieces back into the npz layout on the device machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import lzma
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+OUT_DIR = ".devdata"  # relative to the repository root; git-ignored
+FORMAT = "batchshaping-devdata-v1"
+MIB = 1 << 20
+CALL_LIMIT = 64 * MIB  # what one device call may carry, working tree included
+IMAGE_BYTES = 32 * 32 * 3
+# xz filter chain: byte distance 3 (one RGB pixel) before LZMA2. Stored in the manifest; assemble.py
+# needs none of it (an .xz stream names its filters), it only reads the pieces back.
+FILTERS = [{"id": lzma.FILTER_DELTA, "dist": 3}, {"id": lzma.FILTER_LZMA2, "preset": 6}]
+EST_RATIO = 0.70  # compressed / raw, to choose N before compressing (measured: 0.667)
+# Content sha256 of the C-contiguous arrays, from ../shared/data/cifar10/README.md.
+README_SHA256 = {
+    "x_train": "ee55ffafe445fd46c38fac142c3971602db24724f330f49ee73645a3dd529b5d",
+    "y_train": "741d364c93cfbab39cefe8aa0d712b9b29a59bdc0e1b6c1785f8a6a295dfc91e",
+    "x_test": "1f9e71c337f27c38452dc063bbdf05164772d7358edf779cd7c015dac77aeead",
+    "y_test": "f24756e9fc27107597cd054b9df7247b4e5ab61780d1e5d55e7b1015307573de",
+}
+DEFAULT_RUNS = "resnet20 resnet32 gated_resnet32_bs_l0_0.001 gated_resnet32_bs10_l0_0.001"
+
+
+def sha256_bytes(b: bytes | memoryview) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(4 * MIB), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_arrays(src: Path) -> dict[str, np.ndarray]:
+    """The four CIFAR-10 arrays from the shared npz files, checked against the README's sums."""
+    parts = [np.load(src / f"cifar10_train_part{i}.npz", allow_pickle=False) for i in (1, 2)]
+    test = np.load(src / "cifar10_test.npz", allow_pickle=False)
+    arrays = {
+        "x_train": np.concatenate([p["x_train"] for p in parts]),
+        "y_train": np.concatenate([p["y_train"] for p in parts]),
+        "x_test": test["x_test"],
+        "y_test": test["y_test"],
+    }
+    for name, a in arrays.items():
+        a = arrays[name] = np.ascontiguousarray(a)
+        if a.dtype != np.uint8:
+            sys.exit(f"stage: {name} is {a.dtype}, expected uint8")
+        got = sha256_bytes(a.data)
+        if got != README_SHA256[name]:
+            sys.exit(
+                f"stage: {name} content sha256 {got} differs from the data README's {README_SHA256[name]}"
+            )
+    return arrays
+
+
+def travelling_tree_bytes() -> int:
+    """Bytes of what travels with every call: tracked and untracked-not-ignored files (links as links)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout
+    total = 0
+    for name in set(out.decode().split("\0")) - {""}:
+        p = REPO / name
+        if p.is_symlink() or p.is_file():
+            total += p.lstat().st_size
+    shared = REPO / "shared"  # a shared/ folder inside the checkout travels too
+    if shared.is_dir():
+        total += sum(f.lstat().st_size for f in shared.rglob("*") if f.is_file() or f.is_symlink())
+    return total
+
+
+def compress(raw: bytes) -> bytes:
+    return lzma.compress(raw, format=lzma.FORMAT_XZ, filters=FILTERS)
+
+
+def piece_name(k: int, n: int) -> str:
+    return f"cifar10.{k}of{n}.xz"
+
+
+def ranges(total_images: int, tail_bytes: int, n: int) -> list[tuple[int, int]]:
+    """N byte ranges of the raw stream, cut at image boundaries (the labels ride in the last range)."""
+    cuts = [round(total_images * k / n) * IMAGE_BYTES for k in range(n + 1)]
+    cuts[-1] = total_images * IMAGE_BYTES + tail_bytes
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def layout(arrays: dict[str, np.ndarray]) -> tuple[list[dict], bytes]:
+    """Images first (x_train, x_test), then labels, so pieces hold whole images; returns (specs, raw)."""
+    order = ["x_train", "x_test", "y_train", "y_test"]
+    specs, offset = [], 0
+    for name in order:
+        a = arrays[name]
+        specs.append(
+            {
+                "name": name,
+                "dtype": str(a.dtype),
+                "shape": list(a.shape),
+                "offset": offset,
+                "nbytes": a.nbytes,
+                "sha256": README_SHA256[name],
+            }
+        )
+        offset += a.nbytes
+    return specs, b"".join(arrays[name].tobytes() for name in order)
+
+
+def reusable(out: Path, source_id: str, n: int | None) -> dict | None:
+    """The existing manifest if its pieces are there, intact, and for the same data (and N, if given)."""
+    mpath = out / "manifest.json"
+    if not mpath.is_file():
+        return None
+    try:
+        m = json.loads(mpath.read_text())
+    except json.JSONDecodeError:
+        return None
+    if m.get("format") != FORMAT or m.get("source_id") != source_id:
+        return None
+    if n is not None and len(m["pieces"]) != n:
+        return None
+    for p in m["pieces"]:
+        f = out / p["file"]
+        if not f.is_file() or f.stat().st_size != p["bytes"] or sha256_file(f) != p["sha256"]:
+            return None
+    return m
+
+
+def build(out: Path, arrays: dict[str, np.ndarray], n: int, jobs: int, max_piece: int) -> dict | None:
+    """Compress into N pieces; None if a piece came out larger than max_piece."""
+    specs, raw = layout(arrays)
+    total_images = sum(len(arrays[k]) for k in ("x_train", "x_test"))
+    tail = len(raw) - total_images * IMAGE_BYTES
+    rs = ranges(total_images, tail, n)
+    t0 = time.time()
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, n))) as ex:
+        blobs = list(ex.map(compress, [raw[a:b] for a, b in rs]))
+    print(f"compressed {len(raw) / MIB:.1f} MiB into {n} pieces in {time.time() - t0:.0f} s", flush=True)
+    if max(len(b) for b in blobs) > max_piece:
+        return None
+    for old in out.glob("cifar10.*of*.xz"):
+        old.unlink()
+    pieces = []
+    for k, ((a, b), blob) in enumerate(zip(rs, blobs, strict=True), 1):
+        name = piece_name(k, n)
+        tmp = out / f".{name}.tmp"
+        tmp.write_bytes(blob)
+        tmp.replace(out / name)
+        pieces.append(
+            {
+                "file": name,
+                "bytes": len(blob),
+                "sha256": sha256_bytes(blob),
+                "raw_offset": a,
+                "raw_bytes": b - a,
+            }
+        )
+    return {"specs": specs, "raw_bytes": len(raw), "pieces": pieces}
+
+
+def calls(m: dict, runs: str, epochs: int, deadline: int) -> list[dict]:
+    """The device calls: every call carries the manifest and one piece; the last one runs the job."""
+    n = len(m["pieces"])
+    seq = []
+    for k, p in enumerate(m["pieces"], 1):
+        carry = [f"{OUT_DIR}/manifest.json", f"{OUT_DIR}/{p['file']}"]
+        if k < n:
+            cmd = "python3 scripts/device/assemble.py --stash" + (" --probe" if k == 1 else "")
+            seq.append({"call": k, "timeout_s": 120, "carry": carry, "command": cmd})
+        else:
+            cmd = f"EPOCHS={epochs} PARALLEL=1 DEADLINE_S={deadline} bash scripts/device/run.sh {runs}"
+            seq.append({"call": k, "timeout_s": 600, "carry": carry, "command": cmd})
+    return seq
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--src", type=Path, default=REPO.parent / "shared" / "data" / "cifar10")
+    ap.add_argument("--pieces", type=int, default=None, help="force N pieces (default: the fewest that fit)")
+    ap.add_argument("--margin-mib", type=float, default=4.0, help="kept free in each call (default 4)")
+    ap.add_argument("--jobs", type=int, default=2, help="compression processes (default 2)")
+    ap.add_argument("--runs", default=os.environ.get("RUNS", DEFAULT_RUNS), help="run names of the last call")
+    ap.add_argument("--epochs", type=int, default=int(os.environ.get("EPOCHS", "36")))
+    ap.add_argument("--deadline", type=int, default=int(os.environ.get("DEADLINE_S", "540")))
+    ap.add_argument("--nice", type=int, default=10, help="lower this process's priority (default 10)")
+    args = ap.parse_args()
+    if args.nice:
+        os.nice(args.nice)
+    out = REPO / OUT_DIR
+    out.mkdir(exist_ok=True)
+    check = subprocess.run(["git", "check-ignore", "-q", f"{OUT_DIR}/manifest.json"], cwd=REPO)
+    if check.returncode != 0:
+        sys.exit(
+            f"stage: {OUT_DIR}/ is not git-ignored: add '/{OUT_DIR}/' to .gitignore (carry needs it ignored)"
+        )
+
+    tree = travelling_tree_bytes()
+    max_piece = int(CALL_LIMIT - tree - args.margin_mib * MIB)
+    room = max_piece / MIB
+    print(f"working tree that travels with each call: {tree / MIB:.1f} MiB; room per piece: {room:.1f} MiB")
+    if max_piece < 8 * MIB:
+        sys.exit(
+            "stage: the working tree leaves under 8 MiB per call; ignore or remove large untracked files"
+        )
+
+    t0 = time.time()
+    arrays = load_arrays(args.src)
+    source_id = sha256_bytes(json.dumps(README_SHA256, sort_keys=True).encode())[:16]
+    raw_bytes = sum(a.nbytes for a in arrays.values())
+    n = args.pieces or max(1, math.ceil(raw_bytes * EST_RATIO / max_piece))
+    print(f"read and checked {raw_bytes / MIB:.1f} MiB of arrays in {time.time() - t0:.0f} s", flush=True)
+
+    m = reusable(out, source_id, args.pieces)
+    if m is not None and max(p["bytes"] for p in m["pieces"]) <= max_piece:
+        print(f"reusing the {len(m['pieces'])} pieces already in {OUT_DIR}/")
+    else:
+        while True:
+            built = build(out, arrays, n, args.jobs, max_piece)
+            if built is not None:
+                break
+            if args.pieces:
+                sys.exit(f"stage: a piece of {n} is over {max_piece / MIB:.1f} MiB; use more --pieces")
+            n += 1
+            print(f"a piece was over the room per call; trying {n} pieces")
+        m = {
+            "format": FORMAT,
+            "source_id": source_id,
+            "source": str(args.src),
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "filters": [{k: v for k, v in f.items()} for f in FILTERS],
+            "arrays": built["specs"],
+            "raw_bytes": built["raw_bytes"],
+            "pieces": built["pieces"],
+        }
+        m["id"] = sha256_bytes(json.dumps([p["sha256"] for p in m["pieces"]]).encode())[:16]
+        (out / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
+
+    seq = calls(m, args.runs, args.epochs, args.deadline)
+    (out / "calls.json").write_text(json.dumps(seq, indent=2) + "\n")
+    total = sum(p["bytes"] for p in m["pieces"])
+    print(f"\n{len(m['pieces'])} pieces, {total / MIB:.1f} MiB in all (manifest id {m['id']}), in {OUT_DIR}/")
+    print("Device calls (make them back to back: a machine stays warm ~30 s after a call):\n")
+    for c, p in zip(seq, m["pieces"], strict=True):
+        size = (tree + p["bytes"] + (out / "manifest.json").stat().st_size) / MIB
+        print(f"call {c['call']}/{len(seq)}: timeout_s={c['timeout_s']}, ~{size:.1f} MiB travels")
+        print(f"  carry:   {json.dumps(c['carry'])}")
+        print(f"  command: {c['command']}")
+    print(f"\n(also in {OUT_DIR}/calls.json; scripts/device/README.md is the runbook)")
+
+
+if __name__ == "__main__":
+    main()
