@@ -160,7 +160,8 @@ fi
 # runs, adds the subset options.
 cat >"$WORK/bin/python" <<EOF
 #!/usr/bin/env bash
-if [ "\${1:-} \${2:-} \${3:-}" = "-m batchshaping train" ] && [ -n "$SUBSET" ]; then
+# (not on --resume: the subset is in the run's saved config, and a resume refuses data.* overrides)
+if [ "\${1:-} \${2:-} \${3:-}" = "-m batchshaping train" ] && [ -n "$SUBSET" ] && [[ " \$* " != *" --resume "* ]]; then
   set -- "\$@" ${SUBSET_ARGS[*]}
 fi
 printf '%s\t%s\n' "\$(date -u +%s)" "\$(printf '%q ' "\$@")" >>"$PWD/$WORK/commands.txt"
