@@ -1,22 +1,29 @@
-"""One checkpoint format: atomic writes, validated loads, model rebuilt from the saved config.
+"""One checkpoint format: atomic writes, validated loads, the training state saved and restored side by
+side, models rebuilt from a saved config, and warm starts from other weights.
 
 A checkpoint is a dict with keys ``format`` (= FORMAT), ``model`` (state_dict), ``config`` (TrainConfig as
-a dict), ``epoch`` (epochs completed), ``optimizer``, ``rng`` (torch / numpy / python states), ``best_top1``,
-``metrics`` (last evaluation) and ``git_commit``.
+a dict), ``num_classes``, ``class_names``, ``epoch`` (epochs completed), ``optimizer``, ``scaler``, ``rng``
+(torch / numpy / python states), ``best_metric`` (``best_top1`` in checkpoints before 2026-12),
+``metrics`` (last evaluation), ``wall_time_s`` and ``git_commit``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import subprocess
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from batchshaping.config import TrainConfig, config_from_dict
+from batchshaping.models import create_model, model_info
 
 FORMAT = "batchshaping-checkpoint-v1"
 
@@ -107,12 +114,123 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
 
 def model_from_checkpoint(
     ckpt: dict[str, Any], map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, Any]:
+) -> tuple[nn.Module, TrainConfig]:
     """:func:`load_model` for a checkpoint dict already loaded with :func:`load_checkpoint`."""
-    from batchshaping.config import config_from_dict
-    from batchshaping.train import build_model
-
     cfg = config_from_dict(ckpt["config"])
-    model = build_model(cfg, ckpt.get("num_classes"))
+    model = model_from_config(cfg, ckpt.get("num_classes"))
     model.load_state_dict(ckpt["model"])
     return model.to(map_location).eval(), cfg
+
+
+def model_from_config(cfg: TrainConfig, num_classes: int | None = None) -> nn.Module:
+    """The registry model named by ``cfg.model`` (with ``cfg.gate`` for gated models)."""
+    kwargs: dict[str, Any] = {"gate": cfg.gate} if model_info(cfg.model).gated else {}
+    return create_model(cfg.model, num_classes=num_classes or cfg.num_classes, **kwargs)
+
+
+# ------------------------------------------------------------------------------------- training state
+
+
+@dataclass
+class TrainingState:
+    """Everything that a killed run needs to continue exactly: what :func:`fit` trains and its progress."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    epoch: int = 0  # epochs completed
+    best_metric: float = -math.inf  # best evaluation metric so far (selects best.pt)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last evaluation
+    wall_time_s: float = 0.0  # training time of the epochs completed
+
+    def save(self, path: Path, cfg: TrainConfig, num_classes: int, class_names: list[str] | None) -> None:
+        """Write the state (with the RNG states, so a resumed run draws the same numbers) atomically."""
+        state = {
+            "format": FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": cfg.to_dict(),
+            "num_classes": num_classes,
+            "class_names": class_names,
+            "epoch": self.epoch,
+            "rng": rng_state(),
+            "best_metric": self.best_metric,
+            "metrics": self.metrics,
+            "wall_time_s": self.wall_time_s,
+            "git_commit": git_commit(),
+        }
+        atomic_save(state, path)
+
+    def restore(self, path: Path, device: torch.device) -> None:
+        """Load a state written by :meth:`save` (or by older versions, which named best_metric best_top1)."""
+        ckpt = load_checkpoint(path, map_location=device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt.get("scaler", {}))
+        set_rng_state(ckpt["rng"])
+        self.epoch = ckpt["epoch"]
+        self.best_metric = ckpt.get("best_metric", ckpt.get("best_top1", -math.inf))
+        self.metrics = ckpt.get("metrics", {})
+        self.wall_time_s = ckpt.get("wall_time_s", 0.0)
+
+
+# ---------------------------------------------------------------------------------------- warm start
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """The model weights in ``path``: a checkpoint of this package (its ``model``), a plain state_dict,
+    or a dict holding one under ``state_dict`` / ``model``; a ``module.`` prefix (DDP) is dropped."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"pretrained weights {str(p)!r} not found (config key 'pretrained')")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:
+        state = load_checkpoint(p)  # ours hold RNG states, which weights_only refuses; validated here
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"pretrained weights {str(p)!r} are not a state_dict of tensors")
+    if all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Warm-start ``model`` (or ``model.backbone`` for a segmentation model) from the weights in ``path``
+    (see :func:`read_weights`): a dense checkpoint of this package, a plain state_dict or a torchvision-named
+    ResNet ``.pth``.
+
+    Every weight and BatchNorm statistic of the target must be there, except the gate parameters
+    (``*.gate.*``, which keep their initialisation: open) and, for a backbone without a classifier, the
+    source's ``fc.*``. Anything else (a missing or unexpected key, a shape mismatch such as another number of
+    classes) raises CheckpointError naming the keys. Returns {"missing": [...], "skipped": [...]}.
+    """
+    state = read_weights(path)
+    target = model.backbone if isinstance(getattr(model, "backbone", None), nn.Module) else model
+    own = target.state_dict()
+    skipped = [k for k in state if k.startswith("fc.") and not any(o.startswith("fc.") for o in own)]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    bad_shape = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    # Old torchvision weights lack BN's num_batches_tracked; it only matters for momentum=None.
+    missing = [k for k in own if k not in state and ".gate." not in k and "num_batches_tracked" not in k]
+    unexpected = [k for k in state if k not in own]
+    problems = [
+        f"{what} ({len(keys)}): {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
+        for what, keys in (("shape mismatch", bad_shape), ("missing", missing), ("unexpected", unexpected))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"pretrained weights {str(path)!r} do not fit the model: {'; '.join(problems)}. They must come "
+            "from the same architecture (e.g. resnet32 for gated_resnet32) with as many classes"
+        )
+    target.load_state_dict(state, strict=False)
+    return {"missing": [k for k in own if k not in state], "skipped": skipped}

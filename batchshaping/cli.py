@@ -1,6 +1,6 @@
-"""Command line: ``batchshaping train | eval | analyze | compare`` (also ``python -m batchshaping``).
+"""Command line: batchshaping train | eval | analyze | compare (also python -m batchshaping).
 
-User errors (bad config, missing data, bad checkpoint) print one line and exit with status 2.
+User errors (bad config, missing data, bad checkpoint, a diverged run) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -14,68 +14,55 @@ from pathlib import Path
 
 DEFAULT_CONFIG = "cifar10_gated_resnet20_cpu"
 
+SET_HELP = """\
+Override any config key, dotted by section; repeatable. Examples:
+  --set epochs=30 --set optim.lr=0.05 --set data.batch_size=128
+  --set loss.l0_weight=1e-3 --set loss.bs_end=0.1 --set precision=fp32
+Sections: data.* (batch_size, root, train_subset, ...), optim.* (lr, weight_decay,
+lr_milestones, ...), loss.* (bs_weight, bs_end, l0_weight, l0_start, l0_end, ...),
+gate.* (hidden, tau, bias_init, noise); top level: model, epochs, seed, device,
+precision, pretrained, eval_every, threads, ... Every schedule point is a fraction of
+the epochs. An unknown key's error names the closest valid ones."""
 
-def _config_path(name: str | None) -> Path | None:
-    """A config given as a path, or as a recipe name found in ./configs or the installed configs folder."""
-    if name is None:
-        name = DEFAULT_CONFIG
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return p
-    for folder in (Path("configs"), Path(__file__).resolve().parent.parent / "configs"):
-        q = folder / f"{name}.yaml"
-        if q.exists():
-            return q
-    return p.with_suffix(".yaml")
+#: Optional dependencies, by the extra of the package that installs them.
+EXTRAS = {
+    "yaml": "train",
+    "tqdm": "train",
+    "tensorboard": "train",
+    "matplotlib": "analysis",
+    "PIL": "imagenet",
+}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from batchshaping.config import load_config
-    from batchshaping.train import format_summary, shutdown_distributed, train_cifar10
+    from batchshaping.experiment import resume_config, summary_text, train
+    from batchshaping.runtime import shutdown_distributed
 
-    cfg = load_config(_config_path(args.config), args.set)
-    if args.download:
-        cfg.data.download = True
-    out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if cfg.data.dataset == "cifar10":
-        summary = train_cifar10(cfg, args.data_dir, out, args.resume)
-        text = format_summary(summary) if "top1" in summary else None
+    if args.resume:
+        if not args.out:
+            raise _usage("--resume needs --out, the run folder to continue")
+        if args.config:
+            raise _usage("--resume continues the run in --out with its own config; drop --config")
+        cfg = resume_config(args.out, args.set)
     else:
-        from batchshaping.tasks import format_task_summary, run_dataset_training  # ImageNet / Cityscapes
-
-        summary = run_dataset_training(cfg, args.data_dir, out, args.resume)
-        text = format_task_summary(summary)
+        cfg = load_config(args.config or DEFAULT_CONFIG, args.set)
+        if args.download:
+            cfg.data.download = True
+    out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.run_folder = out  # for the Ctrl-C message
+    summary = train(cfg, out, args.data_dir, args.resume)
     shutdown_distributed()
-    if text is not None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
-        print(text)
-        print(f"outputs in {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        print(summary_text(summary))
+        print(f"wrote {out}/summary.json, log.jsonl, last.pt, best.pt, config.yaml, tb/")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
+    from batchshaping.experiment import evaluate_checkpoint
 
-    from batchshaping.checkpoint import load_checkpoint, model_from_checkpoint
-
-    ckpt = load_checkpoint(args.checkpoint)
-    model, cfg = model_from_checkpoint(ckpt)
-    device = torch.device("cpu" if not torch.cuda.is_available() else "cuda")
-    model.to(device)
-    if cfg.data.dataset == "cifar10":
-        from batchshaping.data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader, load_cifar10, resolve_data_dir
-        from batchshaping.macs import MacCounter
-        from batchshaping.runtime import resolve_precision
-        from batchshaping.train import evaluate
-
-        data = load_cifar10(resolve_data_dir(args.data_dir or cfg.data.root))
-        bs = args.batch_size or 500
-        loader = TensorLoader(data.x_test, data.y_test, bs, False, device, CIFAR10_MEAN, CIFAR10_STD)
-        counter = MacCounter(model, (3, 32, 32))
-        metrics = evaluate(model, loader, counter, resolve_precision("auto", device)).metrics()
-    else:  # ImageNet / Cityscapes: the validation set of the checkpoint's config
-        from batchshaping.tasks import evaluate_dataset
-
-        metrics = evaluate_dataset(model, cfg, args.data_dir, args.batch_size, ckpt.get("class_names"))
+    metrics = evaluate_checkpoint(args.checkpoint, args.data_dir, args.batch_size, args.download)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -83,71 +70,123 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from batchshaping.analysis import analyze_checkpoint
 
-    analyze_checkpoint(args.checkpoint, args.out, data_dir=args.data_dir, max_images=args.max_images)
+    paths = analyze_checkpoint(args.checkpoint, args.out, data_dir=args.data_dir, max_images=args.max_images)
+    _print_written(paths)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from batchshaping.analysis import compare_runs
 
-    compare_runs(args.runs, args.out)
+    _print_written(compare_runs(args.runs, args.out))
     return 0
+
+
+def _print_written(paths: list[Path]) -> None:
+    """'wrote reports/r32/report.md (+ 8 plots, analysis.json, per_image.npz)': the report first."""
+    from batchshaping.analysis import describe_outputs
+
+    if paths:
+        print(describe_outputs(paths))
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="batchshaping", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model (default: the short CPU gated_resnet20 recipe)")
-    t.add_argument("--config", help=f"YAML recipe or its name in configs/ (default {DEFAULT_CONFIG})")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. epochs=30")
-    t.add_argument("--data-dir", help="dataset folder (default: $BATCHSHAPING_DATA, then ./data/cifar10)")
+    t = sub.add_parser(
+        "train",
+        help="train a model (default: the short CPU gated_resnet20 recipe)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SET_HELP,
+    )
+    t.add_argument("--config", help=f"YAML recipe, or a recipe's name (default {DEFAULT_CONFIG})")
+    t.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (below)"
+    )
+    t.add_argument(
+        "--data-dir", help="dataset folder (default: data.root, $BATCHSHAPING_DATA, ./data/cifar10)"
+    )
     t.add_argument("--out", help="run folder (default runs/<config>-<time>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in --out with its own config and data folder"
+    )
     t.add_argument(
         "--download", action="store_true", help="download the official CIFAR-10 archive if missing"
     )
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser(
-        "eval", help="evaluate a checkpoint on its dataset's test set (CIFAR-10, ImageNet or Cityscapes val)"
+    e = sub.add_parser("eval", help="evaluate a checkpoint on its data set's test split")
+    e.add_argument("checkpoint", help="a .pt file or a run folder (its last.pt)")
+    e.add_argument("--data-dir", help="dataset folder (default: the one the run was trained on)")
+    e.add_argument("--batch-size", type=int, help="default: the config's data.eval_batch_size")
+    e.add_argument(
+        "--download", action="store_true", help="download the official CIFAR-10 archive if missing"
     )
-    e.add_argument("checkpoint")
-    e.add_argument("--data-dir", help="dataset folder (default: the checkpoint config's data.root)")
-    e.add_argument("--batch-size", type=int, help="default: 500 for CIFAR-10, data.eval_batch_size otherwise")
     e.set_defaults(func=cmd_eval)
 
     a = sub.add_parser("analyze", help="gate statistics, compute versus difficulty, plots and report.md")
-    a.add_argument("checkpoint")
-    a.add_argument("--out", required=True)
-    a.add_argument("--data-dir")
+    a.add_argument("checkpoint", help="a .pt file or a run folder (its last.pt)")
+    a.add_argument("--out", required=True, help="folder for report.md, the plots and the numbers")
+    a.add_argument("--data-dir", help="CIFAR-10 folder (default: the one the run was trained on)")
     a.add_argument("--max-images", type=int, default=None, help="analyse only the first N test images")
     a.set_defaults(func=cmd_analyze)
 
     c = sub.add_parser("compare", help="accuracy versus MACs across run folders")
-    c.add_argument("runs", nargs="+")
-    c.add_argument("--out", required=True)
+    c.add_argument("runs", nargs="+", help="run folders (each with summary.json)")
+    c.add_argument("--out", required=True, help="folder for compare.md and the plot")
     c.set_defaults(func=cmd_compare)
     return p
+
+
+def _usage(message: str) -> Exception:
+    from batchshaping.config import ConfigError
+
+    return ConfigError(message)
 
 
 def main(argv: list[str] | None = None) -> int:
     from batchshaping.checkpoint import CheckpointError
     from batchshaping.config import ConfigError
+    from batchshaping.data import DataError
+    from batchshaping.train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
-    from batchshaping.data import DataError
-
-    # ImportError: a missing optional extra (e.g. matplotlib for analyze); its message names the extra.
-    user_errors = (ConfigError, CheckpointError, DataError, FileNotFoundError, PermissionError, ImportError)
+    user_errors = (
+        ConfigError,
+        CheckpointError,
+        DataError,
+        TrainingDiverged,
+        FileNotFoundError,
+        PermissionError,
+    )
     try:
         return args.func(args)
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"batchshaping {args.command}: error: {e.name} is not installed; "
+            f'pip install "batchshaping[{extra}]"',
+            file=sys.stderr,
+        )
+        return 2
     except user_errors as e:
         print(f"batchshaping {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with --resume", file=sys.stderr)
+        print(_interrupted(args), file=sys.stderr)
         return 130
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    out = getattr(args, "run_folder", None)
+    if out is None:
+        return "interrupted"
+    if not (Path(out) / "last.pt").is_file():
+        return f"interrupted before the first checkpoint; nothing to resume in {out}"
+    return f"interrupted; continue with: batchshaping train --out {out} --resume"
 
 
 if __name__ == "__main__":

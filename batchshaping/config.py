@@ -16,6 +16,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from batchshaping.models.blocks import GateConfig
+
+#: The recipes shipped with the package (``configs/`` at the repository root links here).
+RECIPES_DIR = Path(__file__).resolve().parent / "configs"
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key and the fix."""
@@ -48,6 +53,9 @@ class OptimConfig:
     lr_milestones: list[float] = field(default_factory=lambda: [0.6, 0.75, 0.9])  # fractions of epochs
     lr_gamma: float = 0.1
     warmup: float = 0.0  # linear lr warm-up, fraction of epochs
+    # Learning rate of everything but the gates, as a factor of lr (fine-tuning a dense network: 0 trains
+    # only the gates, 0.1 lets the backbone adapt slowly).
+    backbone_lr_factor: float = 1.0
 
 
 @dataclass
@@ -65,14 +73,6 @@ class LossConfig:
 
 
 @dataclass
-class GateOptions:
-    hidden: int = 16
-    tau: float = 2 / 3
-    noise: bool = True
-    bias_init: float = 3.0
-
-
-@dataclass
 class TrainConfig:
     name: str = "cifar10_gated_resnet20"
     model: str = "gated_resnet20"
@@ -81,7 +81,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    gate: GateOptions = field(default_factory=GateOptions)
+    gate: GateConfig = field(default_factory=GateConfig)
     eval_every: int = 1  # epochs
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16: CUDA only)
     channels_last: bool = True
@@ -93,7 +93,9 @@ class TrainConfig:
     threads: int | None = None  # CPU threads for torch (None: torch's default, one per core)
     progress: bool = True
     checkpoint_every: int = 1  # epochs
-    pretrained: str | None = None  # warm start: local .pth of torchvision-named ResNet weights (not gates)
+    # Warm start: a dense checkpoint of this package (best.pt / last.pt), a plain state_dict or a
+    # torchvision-named .pth; the gated model takes every backbone weight, only its gates start fresh.
+    pretrained: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,7 +146,7 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown config key {path!r}{_suggest(key, prefix)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -159,8 +161,55 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
         setattr(obj, key, value)
 
 
+def config_keys(obj: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key of :class:`TrainConfig` (``epochs``, ``optim.lr``, ``loss.l0_weight``, ...)."""
+    obj = TrainConfig() if obj is None else obj
+    keys = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += config_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _suggest(key: str, prefix: str) -> str:
+    """'; did you mean 'optim.lr'?' for a key that exists in another section, else the valid keys."""
+    import difflib
+
+    keys = config_keys()
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == key]
+    here = sorted(k[len(prefix) :] for k in keys if k.startswith(prefix))
+    close = same_leaf or [f"{prefix}{k}" for k in difflib.get_close_matches(key, here, n=3, cutoff=0.75)]
+    if close:
+        return f"; did you mean {' or '.join(repr(k) for k in close)}?"
+    return f"; valid keys here: {', '.join(here)} (sections: data., optim., loss., gate.)"
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _yaml_loader() -> Any:
+    """A safe YAML loader that reads numbers as people write them: YAML 1.1 takes ``1e-3`` and ``1.0e9``
+    (no dot, or no sign in the exponent) for strings, which made ``--set loss.l0_weight=1e-3`` fail."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    number = re.compile(r"^[-+]?(\d[\d_]*)?\.?\d*([eE][-+]?\d+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", number, list("-+0123456789."))
+    return Loader
+
+
+def _load_yaml(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # noqa: S506  (a SafeLoader subclass)
 
 
 def _parse_value(text: str) -> Any:
@@ -168,22 +217,35 @@ def _parse_value(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return _load_yaml(text)
     except yaml.YAMLError:
         return text
 
 
+def resolve_recipe(name: str | Path) -> Path:
+    """A recipe given as a path, or by name (``cifar10_gated_resnet32``), or as ``configs/<name>.yaml`` from
+    any folder: an existing file wins, then the recipes shipped with the package.
+    ConfigError listing the shipped recipes if none matches."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    shipped = RECIPES_DIR / f"{p.stem if p.suffix in ('.yaml', '.yml') else p.name}.yaml"
+    if shipped.is_file() and (p.suffix in ("", ".yaml", ".yml")):
+        return shipped
+    names = ", ".join(sorted(q.stem for q in RECIPES_DIR.glob("*.yaml")))
+    raise ConfigError(f"config {str(name)!r} not found: give a YAML file or a recipe name ({names})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults <- YAML file at ``path`` <- ``overrides`` like ``["epochs=30", "loss.l0_weight=0.01"]``."""
+    """Defaults <- recipe ``path`` (a YAML file or a recipe name, see :func:`resolve_recipe`) <- ``overrides``
+    like ``["epochs=30", "loss.l0_weight=1e-3"]``."""
+    import yaml
+
     cfg = TrainConfig()
     if path is not None:
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found; the recipes are in configs/*.yaml")
+        p = resolve_recipe(path)
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = _load_yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
@@ -192,17 +254,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             )
         data.setdefault("name", p.stem)
         _apply(cfg, data)
-    for item in overrides or []:
+    _apply(cfg, parse_overrides(overrides or []))
+    validate(cfg)
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["optim.lr=0.05", "epochs=30"]`` -> ``{"optim": {"lr": 0.05}, "epochs": 30}``."""
+    nested: dict[str, Any] = {}
+    for item in items:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value (e.g. epochs=30), got {item!r}")
         key, text = item.split("=", 1)
-        nested: dict[str, Any] = {}
         node = nested
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key.strip()!r}: {part!r} is set as a value and as a section")
         node[leaf] = _parse_value(text)
-        _apply(cfg, nested)
+    return nested
+
+
+def update_config(cfg: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    """Apply nested ``changes`` (as from :func:`parse_overrides`) to ``cfg`` in place, checked; return it."""
+    _apply(cfg, changes)
     validate(cfg)
     return cfg
 

@@ -1,36 +1,32 @@
-"""Training and evaluation: one loop for dense and gated models, on CPU, CUDA and under torchrun.
+"""Training: one loop for dense and gated models, every data set, on CPU, CUDA and under torchrun.
 
-    loss = CE + w_bs(t) * BatchShapingLoss(probs of all gates) + w_l0(t) * l0_loss(gate outputs)
+    loss = task loss + w_bs(t) * BatchShapingLoss(probs of all gates) + w_l0(t) * l0_loss(gate outputs)
 
 with t in [0, 1] the training progress, w_bs decayed linearly to 0 at ``loss.bs_end`` and w_l0 ramped
-from ``loss.l0_start`` to ``loss.l0_end`` (see :mod:`batchshaping.schedules`). :func:`fit` is the whole
-loop and works on any dataset given as (x, y) tensors or as DataLoaders; :func:`train_cifar10` is what
-``batchshaping train`` runs.
+from ``loss.l0_start`` to ``loss.l0_end`` (see :mod:`batchshaping.schedules`). Read top to bottom:
+:func:`fit` sets a run up and loops over epochs; :func:`train_epoch` loops over batches;
+:class:`TrainStep` is one optimisation step, the unit a compiled or captured fast path replaces.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
-import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from batchshaping.checkpoint import FORMAT, atomic_save, git_commit, load_checkpoint, rng_state, set_rng_state
-from batchshaping.config import TrainConfig, dump_config
-from batchshaping.gates import ALWAYS_OFF, ALWAYS_ON, ChannelGate, GateOutput, gate_outputs
+from batchshaping.checkpoint import TrainingState
+from batchshaping.config import ConfigError, TrainConfig, dump_config
+from batchshaping.evaluation import evaluate
+from batchshaping.gates import ChannelGate, GateOutput, gate_outputs
 from batchshaping.losses import BatchShapingLoss, l0_loss
 from batchshaping.macs import MacCounter
-from batchshaping.models import GateConfig, create_model, model_info
 from batchshaping.runtime import (
     autocast,
     init_distributed,
@@ -38,165 +34,357 @@ from batchshaping.runtime import (
     resolve_device,
     resolve_precision,
     seed_everything,
-    shutdown_distributed,  # noqa: F401  (re-exported for the CLI until the run module lands)
 )
 from batchshaping.schedules import linear_decay, linear_ramp, step_lr
+from batchshaping.tasks import ClassificationTask
+
+#: The per-step statistics of :class:`TrainStep`, averaged over an epoch into the log.
+STATS = ("train_loss", "train_ce", "train_bs", "train_l0", "train_acc", "train_open", "train_mac_ratio")
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last checkpoint on disk is the last good state."""
+    """The loss became NaN or infinite; the message says which checkpoint, if any, holds the last good
+    state."""
 
 
-# ----------------------------------------------------------------------------------------------- setup
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_bn_and_gates: bool, backbone_lr_factor: float = 1.0
+) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear weights; BN parameters, biases and gate parameters optionally exempt.
 
-
-def build_model(cfg: TrainConfig, num_classes: int | None = None) -> nn.Module:
-    """The registry model named by ``cfg.model`` with ``cfg.gate`` options for gated models."""
-    info = model_info(cfg.model)
-    kwargs: dict[str, Any] = {}
-    if info.gated:
-        g = cfg.gate
-        kwargs["gate"] = GateConfig(hidden=g.hidden, tau=g.tau, noise=g.noise, bias_init=g.bias_init)
-    return create_model(cfg.model, num_classes=num_classes or cfg.num_classes, **kwargs)
-
-
-def param_groups(model: nn.Module, weight_decay: float, decay_bn_and_gates: bool) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear weights; BN parameters, biases and gate parameters optionally exempt."""
-    decay, no_decay = [], []
+    Each group's ``lr_factor`` scales the scheduled learning rate. With ``backbone_lr_factor`` != 1 the
+    gate parameters get a group of their own (factor 1) and every other group the backbone's factor.
+    """
     gate_params = {id(p) for m in model.modules() if isinstance(m, ChannelGate) for p in m.parameters()}
+    split = backbone_lr_factor != 1.0
+    decay, no_decay, gates = [], [], []
     for p in model.parameters():
         if not p.requires_grad:
             continue
+        if split and id(p) in gate_params:
+            gates.append(p)
+            continue
         exempt = p.ndim <= 1 or id(p) in gate_params
         (no_decay if exempt and not decay_bn_and_gates else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lr_factor": backbone_lr_factor},
+        {"params": no_decay, "weight_decay": 0.0, "lr_factor": backbone_lr_factor},
+    ]
+    gate_decay = weight_decay if decay_bn_and_gates else 0.0
+    return groups + ([{"params": gates, "weight_decay": gate_decay, "lr_factor": 1.0}] if split else [])
 
 
-# ------------------------------------------------------------------------------------------ evaluation
+def batch_shaping_input(outs: list[GateOutput], sync: bool) -> Tensor:
+    """All gate probabilities of the batch as one (N, total gates) matrix; with ``sync`` (DDP) the
+    matrix of the global batch, gathered with gradient so each rank's gates see every rank's samples."""
+    probs = torch.cat([o.probs for o in outs], 1)
+    if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_gather
+
+        probs = torch.cat(all_gather(probs), 0)
+    return probs
 
 
-@dataclass
-class EvalResult:
-    """Metrics of one pass over a test set; per-image arrays when asked for.
-
-    gate_on_rate: (total gates,) fraction of images for which each gate was open (empty for dense).
-    """
-
-    top1: float
-    top5: float
-    loss: float
-    macs_mean: float
-    macs_dense: float
-    gate_on_rate: Tensor
-    per_image: dict[str, Tensor] = field(default_factory=dict)
-
-    def metrics(self) -> dict[str, float]:
-        """Flat metrics for logs and summary.json (gate fractions are over all gates)."""
-        rate = self.gate_on_rate
-        n = max(rate.numel(), 1)
-        on = float((rate > ALWAYS_ON).sum()) / n if rate.numel() else 1.0
-        off = float((rate < ALWAYS_OFF).sum()) / n if rate.numel() else 0.0
-        return {
-            "top1": self.top1,
-            "top5": self.top5,
-            "test_loss": self.loss,
-            "macs_mean": self.macs_mean,
-            "macs_dense": self.macs_dense,
-            "mac_ratio": self.macs_mean / self.macs_dense,
-            "gates_always_on": on,
-            "gates_always_off": off,
-            "gates_conditional": 1.0 - on - off if rate.numel() else 0.0,
-            "gate_on_rate_mean": float(rate.mean()) if rate.numel() else 1.0,
-        }
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable[tuple[Tensor, Tensor]],
-    counter: MacCounter,
-    autocast_dtype: torch.dtype | None = None,
-    per_image: bool = False,
-) -> EvalResult:
-    """Top-1/top-5, mean loss, conditional MACs and per-gate on-rates of ``model`` (eval mode) on ``loader``.
-
-    With ``per_image`` the result also holds (N,) tensors ``label``, ``pred``, ``loss``, ``entropy``,
-    ``macs`` and the (N, total gates) ``mask`` (uint8), for analysis.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    n = correct1 = correct5 = 0
-    loss_sum = macs_sum = 0.0
-    on_counts: Tensor | None = None
-    keep: dict[str, list[Tensor]] = {k: [] for k in ("label", "pred", "loss", "entropy", "macs", "mask")}
-    for x, y in loader:
-        with autocast(device, autocast_dtype):
-            logits = model(x)
-        logits = logits.float()
-        losses = F.cross_entropy(logits, y, reduction="none")
-        outs = gate_outputs(model)
-        macs = counter.conditional(outs).expand(len(y))
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += int((top[:, 0] == y).sum())
-        correct5 += int((top == y[:, None]).any(1).sum())
-        n += len(y)
-        loss_sum += float(losses.sum())
-        macs_sum += float(macs.sum())
-        if outs:
-            mask = torch.cat([o.mask for o in outs], 1)
-            on_counts = mask.sum(0) if on_counts is None else on_counts + mask.sum(0)
-        if per_image:
-            logp = logits.log_softmax(1)
-            keep["label"].append(y.cpu())
-            keep["pred"].append(top[:, 0].cpu())
-            keep["loss"].append(losses.cpu())
-            keep["entropy"].append(-(logp.exp() * logp).sum(1).cpu())
-            keep["macs"].append(macs.cpu())
-            if outs:
-                keep["mask"].append(mask.to(torch.uint8).cpu())
-    model.train(was_training)
-    if n == 0:
-        raise ValueError("the evaluation data is empty")
-    rate = (on_counts / n).cpu() if on_counts is not None else torch.zeros(0)
-    arrays = {k: torch.cat(v) for k, v in keep.items() if v} if per_image else {}
-    return EvalResult(
-        correct1 / n, correct5 / n, loss_sum / n, macs_sum / n, float(counter.dense), rate, arrays
+def schedule(cfg: TrainConfig, t: float) -> tuple[float, float, float]:
+    """(learning rate, batch-shaping weight, L0 weight) at training progress ``t`` in [0, 1]."""
+    oc, lc = cfg.optim, cfg.loss
+    return (
+        step_lr(t, oc.lr, oc.lr_milestones, oc.lr_gamma, oc.warmup),
+        linear_decay(t, lc.bs_weight, lc.bs_end),
+        linear_ramp(t, lc.l0_weight, lc.l0_start, lc.l0_end),
     )
 
 
-class Task:
-    """What :func:`fit` optimises and reports; this default is image classification. A subclass (e.g.
-    :class:`batchshaping.tasks.SegmentationTask`) swaps the loss, the training accuracy and the evaluation
-    and keeps everything else of the loop (schedules, gate losses, checkpoints, DDP, logs)."""
+class TrainStep:
+    """One optimisation step: forward, task loss + gate losses, backward, optimizer step.
 
-    #: Evaluation metric (higher is better) that selects best.pt; the summary reports it as best_<metric>.
-    metric = "top1"
+    Returns the step's statistics as one (len(STATS) + 1,) float tensor on the device, each weighted by the
+    batch size, then the batch size: the epoch sums them and reads them back every few steps, so a step
+    never waits for the host.
+    """
 
-    def __init__(self, class_names: Sequence[str] | None = None) -> None:
-        #: Class names in index order, stored in checkpoints (evaluation then needs no training folder).
-        self.class_names = class_names
-
-    def loss(self, logits: Tensor, y: Tensor) -> Tensor:
-        """Mean task loss (0-d) of a batch: logits (N, K), y (N,)."""
-        return F.cross_entropy(logits.float(), y)
-
-    def correct(self, logits: Tensor, y: Tensor) -> Tensor:
-        """Per-sample accuracies summed over the batch (0-d), for the logged train_acc."""
-        return (logits.argmax(1) == y).float().sum()
-
-    def evaluate(
+    def __init__(
         self,
         model: nn.Module,
-        loader: Iterable[tuple[Tensor, Tensor]],
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        task: ClassificationTask,
         counter: MacCounter,
-        autocast_dtype: torch.dtype | None,
-    ) -> dict[str, Any]:
-        """Flat metrics of ``model`` on ``loader``; must contain :attr:`metric`."""
-        return evaluate(model, loader, counter, autocast_dtype).metrics()
+        cfg: TrainConfig,
+        amp_dtype: torch.dtype | None,
+    ) -> None:
+        self.model, self.net, self.optimizer, self.scaler = model, net, optimizer, scaler
+        self.task, self.counter, self.loss_cfg, self.amp_dtype = task, counter, cfg.loss, amp_dtype
+        self.device = next(model.parameters()).device
+        self.gated = any(isinstance(m, ChannelGate) for m in model.modules())
+        lc = cfg.loss
+        self.bs_loss = BatchShapingLoss(lc.bs_alpha, lc.bs_beta, reduction=lc.bs_reduction)
+        # MAC-weighted L0 is the mean over gates of each gate's share of the MACs.
+        self.l0_weights = counter.gate_costs() if lc.l0_reduction == "macs" else None
+        self.l0_reduction = "mean" if self.l0_weights is not None else lc.l0_reduction
+
+    def __call__(self, x: Tensor, y: Tensor, lr: float, w_bs: float, w_l0: float) -> Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_factor", 1.0)
+        with autocast(self.device, self.amp_dtype):
+            logits = self.net(x)
+        ce = self.task.loss(logits, y)
+        loss, bs, l0 = ce, ce.new_zeros(()), ce.new_zeros(())
+        open_frac, mac_ratio = ce.new_ones(()), ce.new_ones(())
+        if self.gated:
+            outs = gate_outputs(self.model)
+            if w_bs > 0:
+                bs = self.bs_loss(batch_shaping_input(outs, self.loss_cfg.bs_sync))
+                loss = loss + w_bs * bs
+            if w_l0 > 0:
+                l0 = l0_loss(outs, reduction=self.l0_reduction, weights=self.l0_weights)
+                loss = loss + w_l0 * l0
+            with torch.no_grad():
+                open_frac = torch.cat([o.mask for o in outs], 1).mean()
+                mac_ratio = self.counter.conditional(outs).mean() / self.counter.dense
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        with torch.no_grad():
+            b = len(y)
+            correct = self.task.correct(logits, y)
+            stats = [loss * b, ce * b, bs * b, l0 * b, correct, open_frac * b, mac_ratio * b]
+            return torch.stack([*stats, ce.new_tensor(float(b))]).detach()
 
 
-# -------------------------------------------------------------------------------------------- training
+def train_epoch(
+    step: TrainStep, loader: Iterable[tuple[Tensor, Tensor]], epoch: int, cfg: TrainConfig, bar: Any = None
+) -> dict[str, float]:
+    """Train one epoch; return the epoch's mean statistics (STATS) and the final lr and loss weights."""
+    steps = len(loader)  # type: ignore[arg-type]
+    sums = torch.zeros(len(STATS) + 1, device=step.device)
+    for i, (x, y) in enumerate(loader):
+        lr, w_bs, w_l0 = schedule(cfg, (epoch + i / steps) / cfg.epochs)
+        try:
+            sums += step(x, y, lr, w_bs, w_l0)
+        except ValueError:  # the losses check their inputs: NaN gate probabilities if the weights diverged
+            if all(bool(p.isfinite().all()) for p in step.model.parameters()):
+                raise
+            raise TrainingDiverged(
+                f"the weights are no longer finite in epoch {epoch + 1}, step {i + 1}"
+            ) from None
+        if (i + 1) % 20 == 0 or i + 1 == steps:  # a host read every 20 steps: the NaN check and the bar
+            mean = (sums[:-1] / sums[-1]).tolist()
+            if not math.isfinite(mean[0]):
+                raise TrainingDiverged(f"the loss is {mean[0]} in epoch {epoch + 1}, step {i + 1}")
+            if bar is not None:
+                bar.set_postfix(
+                    {k.removeprefix("train_"): f"{v:.3f}" for k, v in zip(STATS, mean, strict=True)}
+                )
+        if bar is not None:
+            bar.update(1)
+    mean = (sums[:-1] / sums[-1].clamp(min=1)).tolist()
+    return {**dict(zip(STATS, mean, strict=True)), "lr": lr, "w_bs": w_bs, "w_l0": w_l0}
+
+
+def fit(
+    model: nn.Module,
+    train_data: tuple[Tensor, Tensor] | Iterable[Any],
+    test_data: tuple[Tensor, Tensor] | Iterable[Any],
+    num_classes: int,
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    task: ClassificationTask | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` with ``cfg``'s schedule, losses and logging; return the final summary.
+
+    train_data / test_data: ``(x, y)`` tensors, x (N, C, H, W) uint8 (or float in [0, 1]) and y (N,)
+    int64, kept on the device and augmented there (crop + flip) when ``cfg.data.augment``; or any
+    iterables of ready (x, y) batches such as DataLoaders (then augmentation and normalisation are theirs,
+    and under DDP they must shard, e.g. with a DistributedSampler). ``mean``/``std`` normalise tensor
+    data (default: computed from the training images). ``out_dir`` receives config.yaml (written once, when
+    the run starts), log.jsonl, tb/, last.pt, best.pt and summary.json; ``resume`` continues from
+    ``out_dir/last.pt``. ``task``: loss and metrics (default classification).
+    """
+    task = task or ClassificationTask()
+    dist_info = init_distributed()
+    device = resolve_device(cfg.device, dist_info.local_rank)
+    amp_dtype = resolve_precision(cfg.precision, device)
+    seed_everything(cfg.seed + dist_info.rank, cfg.deterministic)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    main = dist_info.is_main
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and main:
+        _prepare_run_folder(out, cfg, resume)
+
+    model = model.to(
+        device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format
+    )
+    train_loader, test_loader = _loaders(train_data, test_data, cfg, device, dist_info, mean, std)
+    if input_shape is None:
+        input_shape = tuple(next(iter(test_loader))[0].shape[1:])
+    counter = MacCounter(model, input_shape)
+    net = _wrap(model, cfg, device, dist_info.world_size)
+    opt = sgd(model, cfg)
+    state = TrainingState(model, opt, torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16))
+    if resume:
+        state.restore(out / "last.pt", device)  # type: ignore[operator]
+    step = TrainStep(model, net, opt, state.scaler, task, counter, cfg, amp_dtype)
+    logger = _Logger(out, main)
+    precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"
+    if main:
+        print(
+            f"{f'run folder {out}' if out else 'no run folder'}: {cfg.model} ({cfg.name}) on {device} "
+            f"({precision}), epochs {state.epoch + 1}-{cfg.epochs}, {len(train_loader)} steps each",
+            flush=True,
+        )
+    bar = _progress_bar(cfg, len(train_loader), state.epoch) if main else None
+    t_start, wall_before = time.perf_counter(), state.wall_time_s
+    try:
+        for epoch in range(state.epoch, cfg.epochs):
+            train_loader.set_epoch(epoch)
+            net.train()
+            if bar is not None:
+                bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+            record = {"epoch": epoch + 1, **train_epoch(step, train_loader, epoch, cfg, bar)}
+            last = epoch + 1 == cfg.epochs
+            if (epoch + 1) % cfg.eval_every == 0 or last:
+                if main:
+                    state.metrics = evaluate(model, test_loader, counter, task, amp_dtype)
+                    record.update(state.metrics)
+                if dist_info.world_size > 1:
+                    dist.barrier()
+            state.epoch, state.wall_time_s = epoch + 1, wall_before + time.perf_counter() - t_start
+            record["wall_time_s"] = state.wall_time_s
+            logger.log(record)
+            if main:
+                _print_epoch(record, cfg.epochs, task.metric, bar)
+            is_best = record.get(task.metric, -math.inf) > state.best_metric
+            if is_best:
+                state.best_metric = record[task.metric]
+            if out is not None and main and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
+                state.save(out / "last.pt", cfg, num_classes, task.class_names)
+                if is_best:
+                    state.save(out / "best.pt", cfg, num_classes, task.class_names)
+    except TrainingDiverged as e:  # say what the run leaves behind
+        raise TrainingDiverged(f"{e}; {_what_is_kept(out)}") from None
+    finally:
+        logger.close()
+        if bar is not None:
+            bar.close()
+
+    summary = {
+        "model": cfg.model,
+        "config": cfg.name,
+        "epochs": cfg.epochs,
+        "wall_time_s": wall_before + time.perf_counter() - t_start,
+        f"best_{task.metric}": state.best_metric if math.isfinite(state.best_metric) else None,
+        **_where(device, precision, dist_info.world_size),
+        **state.metrics,
+    }
+    if out is not None and main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# ------------------------------------------------------------------------------------ pieces of fit
+
+
+def sgd(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with (Nesterov) momentum and the weight-decay groups of :func:`param_groups`."""
+    return torch.optim.SGD(
+        param_groups(
+            model, cfg.optim.weight_decay, cfg.optim.decay_bn_and_gates, cfg.optim.backbone_lr_factor
+        ),
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
+    )
+
+
+def _prepare_run_folder(out: Path, cfg: TrainConfig, resume: bool) -> None:
+    """Create the run folder and write config.yaml for a new run; check that a resumed one can go on."""
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise ConfigError(f"--resume: {str(out)!r} has no last.pt; nothing to resume")
+        return
+    if (out / "last.pt").exists():
+        raise ConfigError(
+            f"{str(out)!r} already holds a run (last.pt); continue it with --resume or pick another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write the run folder {str(out)!r} ({e.strerror}); pass another --out"
+        ) from None
+
+
+def _loaders(
+    train_data: Any,
+    test_data: Any,
+    cfg: TrainConfig,
+    device: torch.device,
+    dist_info: Any,
+    mean: list[float] | None,
+    std: list[float] | None,
+) -> tuple[Any, Any]:
+    """(x, y) tensors -> device-resident TensorLoaders with this run's seed and shard; DataLoaders pass."""
+    from batchshaping.data import as_loader
+
+    tensors = isinstance(train_data, tuple | list)
+    if tensors and mean is None:
+        x = torch.as_tensor(train_data[0])
+        xf = x.float() / (255.0 if x.dtype == torch.uint8 else 1.0)
+        mean, std = xf.mean((0, 2, 3)).tolist(), xf.std((0, 2, 3)).tolist()
+    kw: dict[str, Any] = dict(mean=mean or [0.0], std=std or [1.0], channels_last=cfg.channels_last)
+    train_kw = dict(
+        seed=cfg.seed, augment=cfg.data.augment, rank=dist_info.rank, world_size=dist_info.world_size
+    )
+    per_rank = cfg.data.batch_size // dist_info.world_size
+    train = as_loader(train_data, per_rank, True, device, **kw, **(train_kw if tensors else {}))
+    test_kw = dict(seed=cfg.seed) if isinstance(test_data, tuple | list) else {}
+    return train, as_loader(test_data, cfg.data.eval_batch_size, False, device, **kw, **test_kw)
+
+
+def _wrap(model: nn.Module, cfg: TrainConfig, device: torch.device, world_size: int) -> nn.Module:
+    """The module the step calls: SyncBatchNorm, DDP and torch.compile as the config asks."""
+    net = model
+    if cfg.sync_bn and world_size > 1:
+        if device.type != "cuda":
+            print("sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); ignored on CPU")
+        else:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if world_size > 1:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return torch.compile(net) if cfg.compile else net
+
+
+def _where(device: torch.device, precision: str, world_size: int) -> dict[str, Any]:
+    return {
+        "device": str(device),
+        "machine": machine_description(device),
+        "precision": precision,
+        "world_size": world_size,
+    }
+
+
+def _what_is_kept(out: Path | None) -> str:
+    """The truth about the last good state after a divergence, for the error message."""
+    if out is None or not (out / "last.pt").is_file():
+        return "no checkpoint had been written yet; lower optim.lr or the loss weights and start again"
+    from batchshaping.checkpoint import load_checkpoint
+
+    epoch = load_checkpoint(out / "last.pt")["epoch"]
+    return (
+        f"{out / 'last.pt'} (after epoch {epoch}) holds the last good state; lower optim.lr or the loss "
+        "weights and start a new run from it (pretrained=...) or again"
+    )
 
 
 class _Logger:
@@ -229,327 +417,33 @@ class _Logger:
             self.tb.close()
 
 
-def batch_shaping_input(outs: list[GateOutput], sync: bool) -> Tensor:
-    """All gate probabilities of the batch as one (N, total gates) matrix; with ``sync`` (DDP) the
-    matrix of the global batch, gathered with gradient so each rank's gates see every rank's samples."""
-    probs = torch.cat([o.probs for o in outs], 1)
-    if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_gather
-
-        probs = torch.cat(all_gather(probs), 0)
-    return probs
-
-
-def _mean_std(x: Tensor) -> tuple[list[float], list[float]]:
-    xf = x.float() / (255.0 if x.dtype == torch.uint8 else 1.0)
-    return xf.mean((0, 2, 3)).tolist(), xf.std((0, 2, 3)).tolist()
-
-
-def fit(
-    model: nn.Module,
-    train_data: tuple[Tensor, Tensor] | Iterable[Any],
-    test_data: tuple[Tensor, Tensor] | Iterable[Any],
-    num_classes: int,
-    cfg: TrainConfig,
-    out_dir: str | Path | None = None,
-    resume: bool = False,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
-    input_shape: tuple[int, int, int] | None = None,
-    task: Task | None = None,
-) -> dict[str, Any]:
-    """Train ``model`` with ``cfg``'s schedule, losses and logging; return the final summary.
-
-    train_data / test_data: ``(x, y)`` tensors, x (N, C, H, W) uint8 (or float in [0, 1]) and y (N,)
-    int64, kept on the device and augmented there (crop + flip) when ``cfg.data.augment``; or any
-    iterables of ready (x, y) batches such as DataLoaders (then augmentation and normalisation are theirs,
-    and under DDP they must shard, e.g. with a DistributedSampler). ``mean``/``std`` normalise tensor
-    data (default: computed from the training images). ``out_dir`` receives config.yaml, log.jsonl,
-    tb/, last.pt, best.pt and summary.json; ``resume`` continues from ``out_dir/last.pt``. ``task``:
-    loss and evaluation (default :class:`Task`, classification).
-    """
-    from batchshaping.data import as_loader
-
-    task = task or Task()
-
-    dinfo = init_distributed()
-    device = resolve_device(cfg.device, dinfo.local_rank)
-    amp_dtype = resolve_precision(cfg.precision, device)
-    seed_everything(cfg.seed + dinfo.rank, cfg.deterministic)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(out_dir) if out_dir is not None else None
-    main = dinfo.is_main
-    if out is not None and main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not os.access(out, os.W_OK):
-            raise PermissionError(f"output folder {str(out)!r} is not writable; pass another --out")
-        (out / "config.yaml").write_text(dump_config(cfg))
-
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=fmt)
-    if isinstance(train_data, tuple | list) and mean is None:
-        mean, std = _mean_std(torch.as_tensor(train_data[0]))
-
-    def loader(data: Any, batch_size: int, train: bool, **tensor_kw: Any) -> Any:
-        """(x, y) tensors -> TensorLoader with this run's seed and sharding; DataLoaders pass through."""
-        if isinstance(data, tuple | list):
-            tensor_kw.update(seed=cfg.seed)
-        else:
-            tensor_kw = {}
-        kw = dict(mean=mean or [0.0], std=std or [1.0], channels_last=cfg.channels_last, **tensor_kw)
-        return as_loader(data, batch_size, train, device, **kw)
-
-    train_loader = loader(
-        train_data,
-        cfg.data.batch_size // dinfo.world_size,
-        True,
-        augment=cfg.data.augment,
-        rank=dinfo.rank,
-        world_size=dinfo.world_size,
-    )
-    test_loader = loader(test_data, cfg.data.eval_batch_size, False)
-    if input_shape is None:
-        x0, _ = next(iter(test_loader))
-        input_shape = tuple(x0.shape[1:])
-    counter = MacCounter(model, input_shape)
-    gated = any(isinstance(m, ChannelGate) for m in model.modules())
-    l0_weights = counter.gate_costs() if cfg.loss.l0_reduction == "macs" else None
-    if l0_weights is not None:
-        l0_weights = [w.to(device) for w in l0_weights]
-
-    net: nn.Module = model
-    if cfg.sync_bn and dinfo.world_size > 1:
-        if device.type != "cuda":
-            warnings.warn(
-                "sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); ignored on CPU", stacklevel=2
-            )
-        else:
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    if dinfo.world_size > 1:
-        net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        net = torch.compile(net)
-
-    opt = torch.optim.SGD(
-        param_groups(model, cfg.optim.weight_decay, cfg.optim.decay_bn_and_gates),
-        lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum,
-        nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    bs_loss = BatchShapingLoss(cfg.loss.bs_alpha, cfg.loss.bs_beta, reduction=cfg.loss.bs_reduction)
-
-    start_epoch, best_top1, metrics, wall_before = 0, -1.0, {}, 0.0
-    if resume:
-        if out is None or not (out / "last.pt").exists():
-            raise FileNotFoundError(f"--resume: no last.pt in {str(out)!r}; nothing to resume")
-        ckpt = load_checkpoint(out / "last.pt", map_location=device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt.get("scaler", {}))
-        set_rng_state(ckpt["rng"])
-        start_epoch, best_top1 = ckpt["epoch"], ckpt["best_top1"]
-        metrics, wall_before = ckpt.get("metrics", {}), ckpt.get("wall_time_s", 0.0)
-        if main:
-            print(f"resumed from {out / 'last.pt'} after epoch {start_epoch}")
-
-    logger = _Logger(out, main)
-    steps = len(train_loader)
-    t_start = time.perf_counter()
+def _progress_bar(cfg: TrainConfig, steps: int, start_epoch: int) -> Any:
+    """One bar over every step of the run, so its ETA is the whole run's (None without tqdm/progress)."""
+    if not cfg.progress:
+        return None
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            train_loader.set_epoch(epoch)
-            net.train()
-            stats = _train_epoch(
-                net, model, train_loader, opt, scaler, bs_loss, l0_weights, counter, cfg, epoch, steps,
-                amp_dtype, device, gated, main, task=task,
-            )  # fmt: skip
-            record: dict[str, Any] = {"epoch": epoch + 1, **stats}
-            last = epoch + 1 == cfg.epochs
-            if (epoch + 1) % cfg.eval_every == 0 or last:
-                if main:
-                    metrics = task.evaluate(model, test_loader, counter, amp_dtype)
-                    record.update(metrics)
-                if dinfo.world_size > 1:
-                    dist.barrier()
-            wall = wall_before + time.perf_counter() - t_start
-            record["wall_time_s"] = wall
-            logger.log(record)
-            if main and metrics:
-                _print_epoch(record, cfg.epochs, task.metric)
-            if out is not None and main and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
-                is_best = task.metric in record and record[task.metric] > best_top1
-                best_top1 = max(best_top1, record.get(task.metric, best_top1))
-                state = {
-                    "format": FORMAT,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "config": cfg.to_dict(),
-                    "num_classes": num_classes,
-                    "class_names": list(task.class_names) if task.class_names is not None else None,
-                    "epoch": epoch + 1,
-                    "rng": rng_state(),
-                    "best_top1": best_top1,
-                    "metrics": metrics,
-                    "wall_time_s": wall,
-                    "git_commit": git_commit(),
-                }
-                atomic_save(state, out / "last.pt")
-                if is_best:
-                    atomic_save(state, out / "best.pt")
-    finally:
-        logger.close()
-
-    summary = {
-        "model": cfg.model,
-        "config": cfg.name,
-        "epochs": cfg.epochs,
-        "wall_time_s": wall_before + time.perf_counter() - t_start,
-        f"best_{task.metric}": best_top1,
-        "device": str(device),
-        "machine": machine_description(device),
-        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-        "world_size": dinfo.world_size,
-        **metrics,
-    }
-    if out is not None and main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def _train_epoch(
-    net: nn.Module,
-    model: nn.Module,
-    loader: Iterable[tuple[Tensor, Tensor]],
-    opt: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    bs_loss: BatchShapingLoss,
-    l0_weights: list[Tensor] | None,
-    counter: MacCounter,
-    cfg: TrainConfig,
-    epoch: int,
-    steps: int,
-    amp_dtype: torch.dtype | None,
-    device: torch.device,
-    gated: bool,
-    main: bool,
-    task: Task | None = None,
-) -> dict[str, float]:
-    """One epoch. Statistics stay on the device and are read every few steps (no per-step host sync)."""
-    lc, oc = cfg.loss, cfg.optim
-    task = task or Task()
-    sums = torch.zeros(7, device=device)  # loss, ce, bs, l0, correct, open fraction, mac ratio
-    seen = 0
-    bar = None
-    if main and cfg.progress:
         from tqdm import tqdm
-
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
-    for i, (x, y) in enumerate(loader):
-        t = (epoch + i / steps) / cfg.epochs
-        lr = step_lr(t, oc.lr, oc.lr_milestones, oc.lr_gamma, oc.warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        w_bs = linear_decay(t, lc.bs_weight, lc.bs_end)
-        w_l0 = linear_ramp(t, lc.l0_weight, lc.l0_start, lc.l0_end)
-        with autocast(device, amp_dtype):
-            logits = net(x)
-        ce = task.loss(logits, y)
-        loss, bs, l0 = ce, ce.new_zeros(()), ce.new_zeros(())
-        open_frac, mac_ratio = ce.new_ones(()), ce.new_ones(())
-        if gated:
-            outs = gate_outputs(model)
-            if w_bs > 0:
-                bs = bs_loss(batch_shaping_input(outs, lc.bs_sync))
-                loss = loss + w_bs * bs
-            if w_l0 > 0:
-                l0 = l0_loss(
-                    outs, reduction="mean" if l0_weights is not None else lc.l0_reduction, weights=l0_weights
-                )
-                loss = loss + w_l0 * l0
-            with torch.no_grad():
-                open_frac = torch.cat([o.mask for o in outs], 1).mean()
-                mac_ratio = counter.conditional(outs).mean() / counter.dense
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        with torch.no_grad():
-            correct = task.correct(logits, y)
-            b = len(y)
-            sums += torch.stack(
-                [loss * b, ce * b, bs * b, l0 * b, correct, open_frac * b, mac_ratio * b]
-            ).detach()
-        seen += b
-        if (i + 1) % 20 == 0 or i + 1 == steps:
-            s = (sums / seen).tolist()
-            if not math.isfinite(s[0]):
-                raise TrainingDiverged(
-                    f"loss is {s[0]} in epoch {epoch + 1}, step {i + 1}; the run stopped and the last good "
-                    "checkpoint (last.pt) is kept. Lower optim.lr or the loss weights and --resume or rerun."
-                )
-            if bar is not None:
-                bar.set_postfix(
-                    loss=f"{s[0]:.3f}", ce=f"{s[1]:.3f}", bs=f"{s[2]:.4f}", l0=f"{s[3]:.3f}",
-                    acc=f"{s[4]:.3f}", open=f"{s[5]:.3f}", macs=f"{s[6]:.3f}",
-                )  # fmt: skip
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    s = (sums / max(seen, 1)).tolist()
-    keys = ("train_loss", "train_ce", "train_bs", "train_l0", "train_acc", "train_open", "train_mac_ratio")
-    return {**dict(zip(keys, s, strict=True)), "lr": lr, "w_bs": w_bs, "w_l0": w_l0}
+    except ImportError:
+        return None
+    return tqdm(total=cfg.epochs * steps, initial=start_epoch * steps, dynamic_ncols=True, leave=False)
 
 
-def _print_epoch(r: dict[str, Any], epochs: int, metric: str = "top1") -> None:
-    print(
-        f"epoch {r['epoch']}/{epochs}  loss {r['train_loss']:.3f}  train acc {r['train_acc']:.3f}  "
-        f"{metric} {r[metric]:.4f}  MACs {r['macs_mean'] / 1e6:.2f}M ({r['mac_ratio']:.3f} of dense)  "
-        f"gates on/off/cond {r['gates_always_on']:.2f}/{r['gates_always_off']:.2f}/"
-        f"{r['gates_conditional']:.2f}  "
-        f"{r['wall_time_s']:.0f}s",
-        flush=True,
-    )
+def _print_epoch(r: dict[str, Any], epochs: int, metric: str, bar: Any) -> None:
+    done = r["epoch"]
+    eta = (epochs - done) * r["wall_time_s"] / max(done, 1)  # includes evaluation, unlike the bar's rate
+    line = f"epoch {done}/{epochs}  loss {r['train_loss']:.3f}  train acc {100 * r['train_acc']:.1f}%"
+    if metric in r:
+        line += (
+            f"  {metric} {100 * r[metric]:.2f}%  MACs {r['macs_mean'] / 1e6:.2f}M"
+            f" ({r['mac_ratio']:.3f} of dense)"
+            f"  gates on/off/cond {100 * r['gates_always_on']:.0f}/{100 * r['gates_always_off']:.0f}/"
+            f"{100 * r['gates_conditional']:.0f}%"
+        )
+    line += f"  {r['wall_time_s']:.0f}s, ETA {_duration(eta)}"
+    (bar.write if bar is not None else print)(line)
 
 
-def format_summary(s: dict[str, Any]) -> str:
-    """Human-readable end-of-run summary."""
-    lines = [
-        f"model {s['model']} ({s['config']}), {s['epochs']} epochs, {s['wall_time_s']:.0f} s on "
-        f"{s['device']} ({s['precision']})",
-        f"top-1 {100 * s['top1']:.2f}%  (best {100 * s['best_top1']:.2f}%)",
-        f"MACs {s['macs_mean'] / 1e6:.2f}M per image, {s['mac_ratio']:.3f} of the dense "
-        f"{s['macs_dense'] / 1e6:.2f}M",
-        f"gates: {100 * s['gates_always_on']:.1f}% always on, {100 * s['gates_always_off']:.1f}% always off, "
-        f"{100 * s['gates_conditional']:.1f}% conditional (mean on-rate {s['gate_on_rate_mean']:.3f})",
-    ]
-    return "\n".join(lines)
-
-
-def train_cifar10(
-    cfg: TrainConfig, data_dir: str | None = None, out_dir: str | Path | None = None, resume: bool = False
-) -> dict[str, Any]:
-    """``batchshaping train``: CIFAR-10 from ``data_dir`` (then cfg.data.root, $BATCHSHAPING_DATA,
-    ./data/cifar10) with the model and recipe of ``cfg``."""
-    from batchshaping.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, resolve_data_dir
-
-    data = load_cifar10(resolve_data_dir(data_dir or cfg.data.root), download=cfg.data.download)
-    model = build_model(cfg, cfg.num_classes or 10)
-    ntr, nte = cfg.data.train_subset, cfg.data.test_subset
-    return fit(
-        model,
-        (data.x_train[:ntr], data.y_train[:ntr]),
-        (data.x_test[:nte], data.y_test[:nte]),
-        10,
-        cfg,
-        out_dir,
-        resume,
-        mean=list(CIFAR10_MEAN),
-        std=list(CIFAR10_STD),
-        input_shape=(3, 32, 32),
-    )
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from batchshaping.config import TrainConfig  # noqa: E402
-from batchshaping.train import train_cifar10  # noqa: E402
+from batchshaping.experiment import train  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     cfg.compile = args.compile
     cfg.precision = "auto"
     t0 = time.perf_counter()
-    summary = train_cifar10(cfg, args.data_dir, args.out)
+    summary = train(cfg, args.out, args.data_dir)
     total = time.perf_counter() - t0
     log = [json.loads(line) for line in (Path(args.out) / "log.jsonl").read_text().splitlines()]
     epoch_times = [b["wall_time_s"] - a["wall_time_s"] for a, b in zip(log, log[1:], strict=False)]

@@ -44,14 +44,17 @@ run_name() {  # name -> <name>_e<EPOCHS>[_s<SEED>][_gpu], the folder of the run 
   echo "$run"
 }
 one_run() {  # name -> trains it, then copies its small artifacts to results/cifar10/<run>/
-  local run out resume=""
+  local run out
   run=$(run_name "$1")
   out="runs/repro/$run"
-  [ -f "$out/last.pt" ] && resume="--resume"
   echo "== $run"
-  # shellcheck disable=SC2046,SC2086
-  python -m batchshaping train $(args_for "$1") --set epochs="$EPOCHS" --set progress=false --set seed="$SEED" \
-    --set device="$DEVICE" --data-dir "$DATA" --out "$out" $resume
+  if [ -f "$out/last.pt" ]; then  # a killed run continues with its own config
+    python -m batchshaping train --out "$out" --resume --data-dir "$DATA" --set progress=false --set device="$DEVICE"
+  else
+    # shellcheck disable=SC2046,SC2086
+    python -m batchshaping train $(args_for "$1") --set epochs="$EPOCHS" --set progress=false --set seed="$SEED" \
+      --set device="$DEVICE" --data-dir "$DATA" --out "$out"
+  fi
   mkdir -p "results/cifar10/$run"
   cp "$out/summary.json" "$out/log.jsonl" "$out/config.yaml" "results/cifar10/$run/"
 }

@@ -52,3 +52,40 @@ def test_choices_and_ranges_are_checked():
         load_config(None, ["loss.bs_end=100"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["epochs"])
+
+
+@pytest.mark.parametrize(
+    "text, value", [("1e-3", 1e-3), ("1e9", 1e9), ("1.0e9", 1e9), ("-2E-4", -2e-4), (".5", 0.5)]
+)
+def test_numbers_parse_as_people_write_them(text, value):
+    assert load_config(None, [f"loss.l0_weight={text}"]).loss.l0_weight == value
+    assert load_config(None, [f"optim.lr={text}"]).optim.lr == value
+
+
+def test_exponent_floats_in_a_yaml_file_are_numbers(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("loss: {l0_weight: 1e-3}\noptim: {lr: 5e-2}\n")
+    cfg = load_config(p)
+    assert (cfg.loss.l0_weight, cfg.optim.lr) == (1e-3, 5e-2)
+
+
+def test_a_key_in_the_wrong_section_suggests_its_dotted_name():
+    with pytest.raises(ConfigError, match="did you mean 'optim.lr'"):
+        load_config(None, ["lr=0.1"])
+    with pytest.raises(ConfigError, match="did you mean 'data.batch_size'"):
+        load_config(None, ["batch_size=128"])
+
+
+def test_recipes_load_by_name_and_by_configs_path_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("cifar10_gated_resnet32_cpu").model == "gated_resnet32"
+    assert load_config("configs/cifar10_resnet20.yaml").name == "cifar10_resnet20"
+    with pytest.raises(ConfigError, match="cifar10_resnet20"):  # the error lists the recipes
+        load_config("no_such_recipe")
+
+
+def test_recipes_are_package_data():
+    import batchshaping
+
+    shipped = Path(batchshaping.__file__).parent / "configs"
+    assert {p.name for p in shipped.glob("*.yaml")} == {p.name for p in CONFIGS}

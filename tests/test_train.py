@@ -4,7 +4,13 @@ import pytest
 import torch
 
 import batchshaping.train as train_mod
-from batchshaping.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model
+from batchshaping.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    load_model,
+    model_from_config,
+)
 from batchshaping.cli import main
 from batchshaping.models import GateConfig
 from batchshaping.models.cifar_resnet import CifarResNet
@@ -46,7 +52,7 @@ def test_fit_writes_logs_checkpoints_and_summary(tmp_path):
 
 def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(tmp_path, monkeypatch):
     full = run(tmp_path / "full")
-    real_epoch = train_mod._train_epoch
+    real_epoch = train_mod.train_epoch
     calls = []
 
     def killed(*args, **kwargs):
@@ -55,10 +61,10 @@ def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(tmp_path
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_train_epoch", killed)
+    monkeypatch.setattr(train_mod, "train_epoch", killed)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "killed")
-    monkeypatch.setattr(train_mod, "_train_epoch", real_epoch)
+    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
     assert load_checkpoint(tmp_path / "killed")["epoch"] == 1
     resumed = run(tmp_path / "killed", resume=True)
     for key in ("top1", "test_loss", "macs_mean", "gates_conditional"):
@@ -68,22 +74,33 @@ def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(tmp_path
         assert torch.equal(v, b["model"][k]), k
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real_epoch = train_mod._train_epoch
+def poison_epoch(monkeypatch, bad_epoch: int) -> None:
+    """Make the weights NaN at the start of epoch ``bad_epoch`` (0-based)."""
+    real_epoch = train_mod.train_epoch
 
-    def poisoned(net, model, *args, **kwargs):
-        epoch = args[7]
-        if epoch == 1:
+    def poisoned(step, loader, epoch, cfg, bar=None):
+        if epoch == bad_epoch:
             with torch.no_grad():
-                model.fc.weight.fill_(float("nan"))
-        return real_epoch(net, model, *args, **kwargs)
+                step.model.fc.weight.fill_(float("nan"))
+        return real_epoch(step, loader, epoch, cfg, bar)
 
-    monkeypatch.setattr(train_mod, "_train_epoch", poisoned)
-    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+    monkeypatch.setattr(train_mod, "train_epoch", poisoned)
+
+
+def test_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    poison_epoch(monkeypatch, 1)
+    with pytest.raises(TrainingDiverged, match=r"in epoch 2.*last\.pt \(after epoch 1\) holds the last good"):
         run(tmp_path)
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_divergence_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, monkeypatch):
+    poison_epoch(monkeypatch, 0)
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet") as e:
+        run(tmp_path)
+    assert "last.pt" not in str(e.value) and not (tmp_path / "last.pt").exists()
 
 
 def test_corrupt_or_truncated_checkpoint_gives_a_clear_error(tmp_path):
@@ -104,7 +121,7 @@ def test_corrupt_or_truncated_checkpoint_gives_a_clear_error(tmp_path):
 
 def test_checkpoint_rebuilds_the_model(tmp_path):
     cfg = tiny_config(epochs=1, model="gated_resnet20")
-    fit(train_mod.build_model(cfg, 4), tiny_data(32, 1), tiny_data(32, 2), 4, cfg, tmp_path)
+    fit(model_from_config(cfg, 4), tiny_data(32, 1), tiny_data(32, 2), 4, cfg, tmp_path)
     model, cfg2 = load_model(tmp_path / "last.pt")
     assert cfg2.model == "gated_resnet20" and model.fc.out_features == 4 and not model.training
 

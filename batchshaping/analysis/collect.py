@@ -1,4 +1,4 @@
-"""One evaluation pass that keeps everything the analysis needs: per-image predictions, losses, entropies
+"""The evaluation pass, plus everything the analysis needs: per-image predictions, losses, entropies
 and conditional MACs, per-gate on-rates and mean probabilities, and per-module histograms of the gate
 probabilities (accumulated, so memory does not grow with the number of gates times images)."""
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from batchshaping.data import DataError
-from batchshaping.gates import gate_modules, gate_outputs
+from batchshaping.evaluation import evaluate
+from batchshaping.gates import GateOutput, gate_modules
 from batchshaping.macs import MacCounter
 
 #: Bins of the gate-probability histograms over [0, 1].
@@ -55,58 +55,44 @@ class PassResult:
         return self.pred == self.label
 
 
-@torch.inference_mode()
 def collect(
     model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], counter: MacCounter, bins: int = PROB_BINS
 ) -> PassResult:
-    """Run ``model`` in eval mode over ``loader`` (normalised (x, y) batches) once and gather statistics.
+    """Run ``model`` in eval mode over ``loader`` (normalised (x, y) batches) once, through the one
+    evaluation pass (:func:`batchshaping.evaluation.evaluate`), and keep the per-image records.
 
     Gates forced with :func:`batchshaping.gates.force_gates` stay forced (masks and MACs follow the
     forced values; the probabilities are still those the gate computed).
     """
-    was_training = model.training
-    model.eval()
-    names = [n for n, _ in gate_modules(model)]
     keep: dict[str, list[Tensor]] = {k: [] for k in ("label", "pred", "loss", "entropy", "macs")}
     on_sum: list[Tensor] = []
     prob_sum: list[Tensor] = []
     hist: list[Tensor] = []
-    top5 = num_classes = 0
-    try:
-        for x, y in loader:
-            logits = model(x).float()
-            outs = gate_outputs(model)
-            num_classes = logits.shape[1]
-            if int(y.max()) >= num_classes:  # cross_entropy would fail with an opaque index error
-                raise DataError(
-                    f"the test labels go up to {int(y.max())} but the model has {num_classes} outputs; "
-                    "is this the data set the checkpoint was trained on?"
-                )
-            logp = logits.log_softmax(1)
-            keep["label"].append(y)
-            keep["pred"].append(logits.argmax(1))
-            keep["loss"].append(F.cross_entropy(logits, y, reduction="none"))
-            keep["entropy"].append(-(logp.exp() * logp).sum(1))
-            keep["macs"].append(counter.conditional(outs).expand(len(y)).double())
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            top5 += int((top == y[:, None]).any(1).sum())
-            for i, o in enumerate(outs):
-                p = o.probs.float()
-                # Bin b holds [b, b + 1) / bins (1.0 in the last bin); bincount is faster than histc on CPU.
-                idx = (p * bins).long().clamp_(0, bins - 1).flatten()
-                batch_hist = torch.bincount(idx, minlength=bins)
-                if i == len(on_sum):
-                    on_sum.append(o.mask.sum(0).double())
-                    prob_sum.append(p.sum(0).double())
-                    hist.append(batch_hist.double())
-                else:
-                    on_sum[i] += o.mask.sum(0)
-                    prob_sum[i] += p.sum(0)
-                    hist[i] += batch_hist
-    finally:
-        model.train(was_training)
-    if not keep["label"]:
-        raise ValueError("the evaluation data is empty")
+    num_classes = 0
+
+    def observe(logits: Tensor, y: Tensor, outs: list[GateOutput], macs: Tensor) -> None:
+        nonlocal num_classes
+        num_classes = logits.shape[1]
+        logp = logits.log_softmax(1)
+        keep["label"].append(y)
+        keep["pred"].append(logits.argmax(1))
+        keep["loss"].append(F.cross_entropy(logits, y, reduction="none"))
+        keep["entropy"].append(-(logp.exp() * logp).sum(1))
+        keep["macs"].append(macs.double())
+        for i, o in enumerate(outs):
+            p = o.probs.float()
+            # Bin b holds [b, b + 1) / bins (1.0 in the last bin); bincount is faster than histc on CPU.
+            batch_hist = torch.bincount((p * bins).long().clamp_(0, bins - 1).flatten(), minlength=bins)
+            if i == len(on_sum):
+                on_sum.append(o.mask.sum(0).double())
+                prob_sum.append(p.sum(0).double())
+                hist.append(batch_hist.double())
+            else:
+                on_sum[i] += o.mask.sum(0)
+                prob_sum[i] += p.sum(0)
+                hist[i] += batch_hist
+
+    metrics = evaluate(model, loader, counter, observe=observe)
     arrays = {k: torch.cat(v).cpu().numpy() for k, v in keep.items()}
     n = len(arrays["label"])
     sizes = [int(t.numel()) for t in on_sum]
@@ -123,8 +109,8 @@ def collect(
         on_rate=per_gate(on_sum),
         prob_mean=per_gate(prob_sum),
         prob_hist=torch.stack(hist).cpu().numpy() if hist else np.zeros((0, bins)),
-        layer_names=names,
+        layer_names=[name for name, _ in gate_modules(model)],
         layer_sizes=sizes,
-        top5_correct=top5,
+        top5_correct=round(metrics["top5"] * n),
         num_classes=num_classes,
     )

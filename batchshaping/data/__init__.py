@@ -1,4 +1,5 @@
-"""CIFAR-10 loading, batched on-device augmentation and tensor loaders."""
+"""Data sets (CIFAR-10 here; ImageNet and Cityscapes in their modules), batched on-device augmentation,
+loaders and the data errors of every data set."""
 
 from .augment import (
     crop_flip,
@@ -14,16 +15,14 @@ from .cifar import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CifarSplits,
-    DataCorruptError,
-    DataError,
-    DataNotFoundError,
     check_md5,
     download_cifar10,
     load_cifar10,
     md5sum,
     resolve_data_dir,
 )
-from .loader import DeviceLoader, TensorLoader, as_loader
+from .errors import DataCorruptError, DataError, DataNotFoundError
+from .loader import DeviceLoader, TensorLoader, as_loader, build_loaders
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -36,6 +35,7 @@ __all__ = [
     "DeviceLoader",
     "TensorLoader",
     "as_loader",
+    "build_loaders",
     "check_md5",
     "crop_flip",
     "download_cifar10",

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import DataCorruptError, DataError, DataNotFoundError
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_CLASSES = [
@@ -60,18 +62,6 @@ _TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _TEST_BATCH = "test_batch"
 _META = "batches.meta"
 _NUM_CLASSES = 10
-
-
-class DataError(Exception):
-    """CIFAR-10 data missing or unusable. The message says what was looked for and how to fix it."""
-
-
-class DataNotFoundError(DataError, FileNotFoundError):
-    """No accepted CIFAR-10 layout was found."""
-
-
-class DataCorruptError(DataError, ValueError):
-    """A CIFAR-10 file exists but is truncated, corrupt or has the wrong contents."""
 
 
 @dataclass

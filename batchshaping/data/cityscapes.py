@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from .cifar import DataCorruptError, DataError, DataNotFoundError
+from .errors import DataCorruptError, DataError, DataNotFoundError
 from .image_transforms import SegmentationEvalTransform, SegmentationTrainTransform
 from .imagenet import open_rgb
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .cifar import DataCorruptError, DataError, DataNotFoundError
+from .errors import DataCorruptError, DataError, DataNotFoundError
 from .image_transforms import ClassificationTransform
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -210,3 +210,41 @@ def as_loader(
     if extra:
         raise TypeError(f"{sorted(extra)} only apply to (x, y) tensors, not to a DataLoader")
     return DeviceLoader(data, device, **kwargs)
+
+
+def build_loaders(
+    train_set: torch.utils.data.Dataset,
+    val_set: torch.utils.data.Dataset,
+    batch_size: int,
+    eval_batch_size: int,
+    workers: int,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    """DataLoaders with ``workers`` decoding processes, for data sets read from disk (ImageNet, Cityscapes).
+
+    Training: a DistributedSampler (shuffled from ``seed``, reshuffled by ``set_epoch``, every rank its own
+    shard; also with one process) and ``batch_size // world_size`` images per rank, last partial batch
+    dropped. Evaluation: the whole val set in order (``fit`` evaluates on rank 0 only).
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from .errors import DataError
+
+    per_rank = batch_size // world_size
+    if per_rank < 1:
+        raise DataError(f"data.batch_size {batch_size} is smaller than the {world_size} processes")
+    sampler = DistributedSampler(
+        train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
+    kw: dict[str, Any] = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    train = DataLoader(train_set, per_rank, sampler=sampler, drop_last=True, **kw)
+    if len(train) == 0:
+        raise DataError(
+            f"{len(train_set)} training images give no full batch of {per_rank} per process; "
+            "lower data.batch_size"
+        )
+    val = DataLoader(val_set, eval_batch_size, shuffle=False, drop_last=False, **kw)
+    return train, val

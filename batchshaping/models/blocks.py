@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from batchshaping.gates import GATE_BIAS_INIT, ChannelGate
 
 
-@dataclass(frozen=True)
+@dataclass
 class GateConfig:
     """Options of the gating modules of a model (see :class:`~batchshaping.gates.ChannelGate`)."""
 

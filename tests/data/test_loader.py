@@ -7,7 +7,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from batchshaping.data.augment import normalize
-from batchshaping.data.loader import DeviceLoader, TensorLoader, as_loader
+from batchshaping.data.imagenet import imagenet_datasets
+from batchshaping.data.loader import DeviceLoader, TensorLoader, as_loader, build_loaders
+from tests.data.test_imagenet import write_imagenet
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -111,3 +113,16 @@ def test_as_loader_accepts_tensors_and_dataloaders() -> None:
     assert xb.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(TypeError):
         as_loader(DataLoader(ds), 8, True, "cpu", MEAN, STD, seed=1)
+
+
+def test_build_loaders_give_each_rank_its_own_shard(tmp_path):
+    train, val = imagenet_datasets(write_imagenet(tmp_path), image_size=16)
+    seen = []
+    for rank in (0, 1):
+        tl, vl = build_loaders(train, val, 4, 5, 0, 0, rank, 2)
+        tl.sampler.set_epoch(3)
+        assert tl.batch_size == 2 and len(tl) == 3 and len(vl) == 3  # val is whole, for rank 0's evaluation
+        seen.append(list(tl.sampler))
+    assert not set(seen[0]) & set(seen[1]) and len(seen[0] + seen[1]) == 12
+    x, y = next(iter(build_loaders(train, val, 4, 5, workers=1)[1]))  # decoding in a worker process
+    assert x.shape == (5, 3, 16, 16) and y.tolist() == [0, 0, 0, 0, 1]
