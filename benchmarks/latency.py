@@ -23,19 +23,16 @@ mu bisected so that r is about ``--target-r`` (0.5).
 Inputs: CIFAR-10 test images (normalised); the ImageNet models get the same images bilinearly upsampled to
 224x224. Prints a table and a torch.profiler breakdown, writes a JSON file (``--out``).
 
-    python benchmarks/latency.py                    # full run: ~6-9 min on 2 busy cores (--budget per run)
-    python benchmarks/latency.py --quick            # smoke run
-    python benchmarks/latency.py --checkpoint runs/cifar/best.pt   # a trained batchshaping checkpoint
-    python benchmarks/latency.py --checkpoint weights.pt --model gated_resnet32   # a plain state_dict
+    python -m benchmarks.latency                    # full run (--budget per model and thread count)
+    python -m benchmarks.latency --quick            # smoke run
+    python -m benchmarks.latency --checkpoint runs/cifar/best.pt   # a trained batchshaping checkpoint
+    python -m benchmarks.latency --checkpoint weights.pt --model gated_resnet32   # a plain state_dict
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -43,99 +40,25 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import batchshaping as bs
-from batchshaping.gates import force_gates, gate_modules, gate_outputs
 from batchshaping.inference import compile_conditional
 from batchshaping.macs import MacCounter
 from batchshaping.models.cifar_resnet import CifarResNet
+from benchmarks.common import (
+    CIFAR_TEST,
+    calibrate_untrained,
+    dense_twin,
+    load_images,
+    mac_ratio,
+    machine,
+    time_variants,
+)
 
-CIFAR_TEST = Path("/work/shared/data/cifar10/cifar10_test.npz")
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
 DEFAULT_MODELS = ("gated_resnet32", "gated_resnet56", "gated_resnet110", "gated_resnet18", "gated_resnet50")
 VARIANTS = ("dense", "cond", "dense_script", "cond_script", "masked")
-
-
-def load_images(path: Path, n: int, size: int, seed: int = 0) -> Tensor:
-    """n random CIFAR-10 test images, normalised, (n, 3, size, size) float32 (bilinear resize if != 32)."""
-    with np.load(path) as f:
-        data = f["x_test"]
-    idx = np.random.default_rng(seed).choice(len(data), n, replace=False)
-    x = torch.from_numpy(data[np.sort(idx)]).permute(0, 3, 1, 2).float().div_(255)
-    x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
-    if size != x.shape[-1]:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x.contiguous()
-
-
-def set_gates(model: nn.Module, mu: float, weight_std: float = 0.5, seed: int = 0) -> None:
-    """fc2 of every gate: weight ~ N(0, weight_std), bias ~ mu + N(0, 1) (same draws for every mu)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, gate in gate_modules(model):
-            gate.fc2.weight.normal_(0, weight_std, generator=gen)
-            gate.fc2.bias.copy_(mu + torch.randn(gate.num_gates, generator=gen))
-
-
-@torch.no_grad()
-def mac_ratio(model: nn.Module, x: Tensor, counter: MacCounter, chunk: int = 16) -> Tensor:
-    """Per-image MAC ratio (N,) of the eval-mode gated model: conditional MACs (gates included) / dense."""
-    out = []
-    for xb in x.split(chunk):
-        model(xb)
-        out.append(counter.conditional(gate_outputs(model)).expand(len(xb)) / counter.dense)
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: Tensor, chunk: int = 32) -> None:
-    """Running statistics of every BatchNorm from x with all gates open (cumulative average), as training
-    would leave them. The default statistics (mean 0, var 1) let an untrained ResNet-110's activations grow
-    to ~1e5, where fp32 rounding alone exceeds the 1e-4 check and the gates would see unrealistic inputs.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    force_gates(model, 1.0)
-    model.train()
-    for xb in x.split(chunk):
-        model(xb)
-    model.eval()
-    force_gates(model, None)
-
-
-def calibrate(model: nn.Module, x: Tensor, target: float, steps: int, weight_std: float = 0.5) -> float:
-    """Bisect the gate bias offset mu so that the mean MAC ratio on x is ~target; returns mu."""
-    counter = MacCounter(model, x.shape[1:])
-    lo, hi = -6.0, 6.0
-    for _ in range(steps):
-        mu = (lo + hi) / 2
-        set_gates(model, mu, weight_std)
-        if mac_ratio(model, x, counter).mean() > target:
-            hi = mu
-        else:
-            lo = mu
-    set_gates(model, (lo + hi) / 2, weight_std)
-    return (lo + hi) / 2
-
-
-def calibrate_untrained(model: nn.Module, data: Path, target: float = 0.5, weight_std: float = 0.5) -> float:
-    """Set up an untrained gated model for timing, in place; returns the gate bias offset mu.
-
-    BatchNorm statistics from real images (:func:`recalibrate_bn`), then the gates bisected to a MAC ratio of
-    ~target (:func:`calibrate`) on other images than the timed ones: 64 at 32x32 for CIFAR models, 8 at
-    112x112 for ImageNet models (4x cheaper than 224x224, the same gate statistics up to resolution).
-    """
-    cifar = isinstance(model, CifarResNet)
-    calib = load_images(data, 64 if cifar else 16, 32 if cifar else 112, seed=1)
-    recalibrate_bn(model, calib)
-    return calibrate(model, calib[: 64 if cifar else 8], target, 14 if cifar else 10, weight_std)
 
 
 def load_trained(path: str, name: str | None) -> tuple[str, nn.Module]:
@@ -162,8 +85,7 @@ def load_trained(path: str, name: str | None) -> tuple[str, nn.Module]:
 
 def build_variants(gated: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
     """The five timed variants (module docstring) of one gated model."""
-    twin = copy.deepcopy(gated)
-    force_gates(twin, 1.0)  # forced-open gates compile to plain folded blocks: the dense model
+    twin = dense_twin(gated)  # forced-open gates compile to plain folded blocks: the dense model
     return {
         "dense": compile_conditional(twin, script=False),
         "cond": compile_conditional(gated, script=False),
@@ -174,65 +96,11 @@ def build_variants(gated: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
 
 
 @torch.inference_mode()
-def time_variants(
-    fns: dict[str, Callable[[Tensor], Tensor]], x: Tensor, warmup: Tensor, repeats: int, budget_s: float
-) -> tuple[dict[str, dict[str, float]], int, int]:
-    """Batch-1 latency (ms) of each variant on the images x (N, 3, H, W), interleaved in a rotating order.
-
-    Returns ({variant: {"wall", "cpu", "first"}}, images, repeats): wall-clock and thread-CPU time, each the
-    mean over images of the per-image median over the runs after the image's first one, and "first": the
-    mean wall time of the first runs (new gate patterns, hence new conv shapes: oneDNN kernel generation
-    included, as for a stream of new images). Thread CPU time leaves out the time the process spends
-    preempted by other processes, so it is the robust measure on a shared machine; it is the latency only
-    with 1 thread (with more it is the main thread's share) and is used only then.
-
-    Images run one after the other, each ``repeats + 1`` times with the variants interleaved. Once
-    ``budget_s`` is spent it stops (after at least a first run and one repeat of one image): on a busy
-    2-core machine two OpenMP threads can be 50x slower than one. Returns the images and the smallest
-    number of repeats actually used.
-    """
-    names = list(fns)
-    wall = {k: [[] for _ in range(len(x))] for k in names}
-    cpu = {k: [[] for _ in range(len(x))] for k in names}
-    for k in names:  # warm-up on other images (allocator, oneDNN kernels)
-        for i in range(len(warmup)):
-            fns[k](warmup[i : i + 1])
-    t_end = time.perf_counter() + budget_s
-    for i in range(len(x)):
-        if i > 0 and time.perf_counter() > t_end:
-            break
-        xi = x[i : i + 1]
-        for rep in range(repeats + 1):
-            if rep >= 2 and time.perf_counter() > t_end:
-                break
-            for j in range(len(names)):
-                k = names[(i + rep + j) % len(names)]  # rotate the order: no variant always runs first
-                c0, t0 = time.thread_time(), time.perf_counter()
-                fns[k](xi)
-                wall[k][i].append(time.perf_counter() - t0)
-                cpu[k][i].append(time.thread_time() - c0)
-    use = [i for i in range(len(x)) if wall[names[0]][i]]
-    lat = {
-        k: {
-            "wall": 1e3 * statistics.fmean(statistics.median(wall[k][i][1:]) for i in use),
-            "cpu": 1e3 * statistics.fmean(statistics.median(cpu[k][i][1:]) for i in use),
-            "first": 1e3 * statistics.fmean(wall[k][i][0] for i in use),
-        }
-        for k in names
-    }
-    return lat, len(use), min(len(wall[names[0]][i]) - 1 for i in use)
-
-
-@torch.inference_mode()
 def batched_modes(model: nn.Module, x: Tensor, batch: int, repeats: int) -> dict[str, float]:
     """ms per image (thread CPU time, 1 thread) of each batch_mode on batches of ``batch`` images of x, and
     of the dense folded model; all TorchScript. Median over repeats, mean over the batches."""
-    twin = copy.deepcopy(model)
-    force_gates(twin, 1.0)
-    fns = {"dense": compile_conditional(twin)}
-    fns.update(
-        {mode: compile_conditional(model, batch_mode=mode) for mode in ("group", "union", "masked", "auto")}
-    )
+    fns = {"dense": compile_conditional(dense_twin(model))}
+    fns.update({mode: compile_conditional(model, batch_mode=mode) for mode in ("union", "masked")})
     batches = list(x.split(batch))
     ref = model(batches[0])
     for k, f in fns.items():  # warm-up, and every mode computes the gated model
@@ -357,7 +225,7 @@ def profile_breakdown(fn: Callable[[Tensor], Tensor], x: Tensor, rounds: int = 3
     return {k: round(statistics.median(r[k] for r in per_round), 1) for k in per_round[0]}
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     p.add_argument("--threads", default="1,2", help="comma-separated torch.set_num_threads values")
@@ -377,96 +245,92 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.cifar_images, args.cifar_repeats, args.imagenet_images, args.imagenet_repeats = 4, 2, 1, 1
-    threads = [int(t) for t in args.threads.split(",")]
-    torch.manual_seed(0)
+    return args
 
-    if args.checkpoint:
-        jobs = [load_trained(args.checkpoint, args.model)]
-    else:
-        jobs = [(name, None) for name in args.models]
 
-    rows, profiles = [], {}
-    t_start = time.perf_counter()
-    for name, trained in jobs:
-        model = trained if trained is not None else bs.create_model(name).eval()
-        cifar = isinstance(model, CifarResNet)
-        size = 32 if cifar else 224
-        n_img = args.cifar_images if cifar else args.imagenet_images
-        reps = args.cifar_repeats if cifar else args.imagenet_repeats
-        x = load_images(args.data, n_img, size)
-        warmup = load_images(args.data, 2, size, seed=2)
-        gates = "trained"
-        torch.set_num_threads(
-            1
-        )  # calibration and checks: 2 threads on a busy 2-core machine can be 10x slower
-        t_model = time.perf_counter()
-        if trained is None:
-            # The r reported is measured on the timed images, not on the calibration images.
-            mu = calibrate_untrained(model, args.data, args.target_r)
-            gates = (
-                f"untrained (BN statistics from real images); gate fc2 weights N(0, 0.5), biases {mu:+.3f} "
-                f"+ N(0, 1): r ~ {args.target_r}"
-            )
-        r = mac_ratio(model, x, MacCounter(model, x.shape[1:]))
-        fns = build_variants(model)
-        with torch.inference_mode():
-            ref = model(x)
-            for k in ("cond", "cond_script"):
-                out = torch.cat([fns[k](x[i : i + 1]) for i in range(len(x))])
-                err = (out - ref).abs().max().item()
-                scale = max(1.0, ref.abs().max().item())  # fp32 rounding grows with the logits
-                assert err < 1e-4 * scale and torch.equal(out.argmax(1), ref.argmax(1)), (k, err, scale)
-        print(
-            f"\n{name} @ {size}x{size}: r = {r.mean():.3f} (images {r.min():.3f}..{r.max():.3f}); {gates} "
-            f"[setup {time.perf_counter() - t_model:.0f} s]"
+def setup(name: str, trained: nn.Module | None, args: argparse.Namespace):
+    """(model, its variants, timed images, warm-up images, per-image r, gates description) of one model; the
+    compiled variants checked against the gated model."""
+    model = trained if trained is not None else bs.create_model(name).eval()
+    size = 32 if isinstance(model, CifarResNet) else 224
+    n_img = args.cifar_images if size == 32 else args.imagenet_images
+    x = load_images(args.data, n_img, size)
+    warmup = load_images(args.data, 2, size, seed=2)
+    gates = "trained"
+    torch.set_num_threads(1)  # calibration and checks: 2 threads on a busy 2-core machine can be 10x slower
+    if trained is None:
+        # The r reported is measured on the timed images, not on the calibration images.
+        mu = calibrate_untrained(model, args.data, args.target_r)
+        gates = (
+            f"untrained (BN statistics from real images); gate fc2 weights N(0, 0.5), biases {mu:+.3f} "
+            f"+ N(0, 1): r ~ {args.target_r}"
         )
-        for nt in threads:
-            torch.set_num_threads(nt)
-            t_timing = time.perf_counter()
-            lat, n_used, done = time_variants(fns, x, warmup, reps, args.budget)
-            t_timing = time.perf_counter() - t_timing
-            how = "cpu" if nt == 1 else "wall"  # the headline measure (see time_variants)
-            row = {
-                "model": name,
-                "input": f"{size}x{size}",
-                "threads": nt,
-                "images": n_used,
-                "repeats": done,
-                "r": round(r.mean().item(), 4),
-                "measure": how,
-                "latency_ms": {k: {m: round(v, 3) for m, v in d.items()} for k, d in lat.items()},
-                "ratio": round(lat["cond"][how] / lat["dense"][how], 3),
-                "ratio_script": round(lat["cond_script"][how] / lat["dense_script"][how], 3),
-                "ratio_vs_masked": round(lat["cond"][how] / lat["masked"][how], 3),
-                "ratio_wall": round(lat["cond"]["wall"] / lat["dense"]["wall"], 3),
-                "ratio_first_run": round(lat["cond"]["first"] / lat["dense"]["first"], 3),
-                "gates": gates,
-            }
-            rows.append(row)
-            print(
-                f"  threads={nt} ({how}): "
-                + "  ".join(f"{k} {d[how]:.2f}" for k, d in lat.items())
-                + f" ms | ratio {row['ratio']:.3f}, script {row['ratio_script']:.3f}, vs masked "
-                f"{row['ratio_vs_masked']:.3f}; wall ratio {row['ratio_wall']:.3f}, first runs "
-                f"{row['ratio_first_run']:.3f} [{t_timing:.0f} s]",
-                flush=True,
-            )
-        if not args.no_profile and name in ("gated_resnet32", "gated_resnet50"):
-            torch.set_num_threads(1)
-            xp = x[: min(len(x), 8)]
-            prof = {k: profile_breakdown(fns[k], xp) for k in ("dense", "cond", "cond_script")}
-            profiles[name] = prof
-            lat1 = next((r["latency_ms"] for r in rows if r["model"] == name and r["threads"] == 1), None)
-            print(f"  torch.profiler, 1 thread, share of the time ({len(xp)} images, median of 3 rounds)")
-            print("  and that share of the 1-thread CPU latency:" if lat1 else "")
-            for cat in prof["dense"]:
-                cells = []
-                for k in prof:
-                    share = prof[k][cat]
-                    ms = f" {share / 100 * lat1[k]['cpu']:6.2f} ms" if lat1 else ""
-                    cells.append(f"{k} {share:5.1f}%{ms}")
-                print(f"    {cat:20s} " + "  ".join(cells))
+    r = mac_ratio(model, x, MacCounter(model, x.shape[1:]))
+    fns = build_variants(model)
+    with torch.inference_mode():
+        ref = model(x)
+        for k in ("cond", "cond_script"):
+            out = torch.cat([fns[k](x[i : i + 1]) for i in range(len(x))])
+            err = (out - ref).abs().max().item()
+            scale = max(1.0, ref.abs().max().item())  # fp32 rounding grows with the logits
+            assert err < 1e-4 * scale and torch.equal(out.argmax(1), ref.argmax(1)), (k, err, scale)
+    return model, fns, x, warmup, r, gates
 
+
+def time_model(name: str, fns, x: Tensor, warmup: Tensor, r: Tensor, gates: str, nt: int, reps: int, budget):
+    """The result row of one model at ``nt`` threads (printed too)."""
+    torch.set_num_threads(nt)
+    t_timing = time.perf_counter()
+    lat, n_used, done = time_variants(fns, x, warmup, reps, budget)
+    t_timing = time.perf_counter() - t_timing
+    how = "cpu" if nt == 1 else "wall"  # the headline measure (see time_variants)
+    size = x.shape[-1]
+    row = {
+        "model": name,
+        "input": f"{size}x{size}",
+        "threads": nt,
+        "images": n_used,
+        "repeats": done,
+        "r": round(r.mean().item(), 4),
+        "measure": how,
+        "latency_ms": {k: {m: round(v, 3) for m, v in d.items()} for k, d in lat.items()},
+        "ratio": round(lat["cond"][how] / lat["dense"][how], 3),
+        "ratio_script": round(lat["cond_script"][how] / lat["dense_script"][how], 3),
+        "ratio_vs_masked": round(lat["cond"][how] / lat["masked"][how], 3),
+        "ratio_wall": round(lat["cond"]["wall"] / lat["dense"]["wall"], 3),
+        "ratio_first_run": round(lat["cond"]["first"] / lat["dense"]["first"], 3),
+        "gates": gates,
+    }
+    print(
+        f"  threads={nt} ({how}): "
+        + "  ".join(f"{k} {d[how]:.2f}" for k, d in lat.items())
+        + f" ms | ratio {row['ratio']:.3f}, script {row['ratio_script']:.3f}, vs masked "
+        f"{row['ratio_vs_masked']:.3f}; wall ratio {row['ratio_wall']:.3f}, first runs "
+        f"{row['ratio_first_run']:.3f} [{t_timing:.0f} s]",
+        flush=True,
+    )
+    return row
+
+
+def profile_model(fns, x: Tensor, lat1: dict | None) -> dict[str, dict[str, float]]:
+    """profile_breakdown of dense, cond and cond_script at 1 thread on up to 8 images, printed with the
+    share of the 1-thread latencies ``lat1`` (if measured)."""
+    torch.set_num_threads(1)
+    xp = x[: min(len(x), 8)]
+    prof = {k: profile_breakdown(fns[k], xp) for k in ("dense", "cond", "cond_script")}
+    print(f"  torch.profiler, 1 thread, share of the time ({len(xp)} images, median of 3 rounds)")
+    print("  and that share of the 1-thread CPU latency:" if lat1 else "")
+    for cat in prof["dense"]:
+        cells = []
+        for k in prof:
+            share = prof[k][cat]
+            ms = f" {share / 100 * lat1[k]['cpu']:6.2f} ms" if lat1 else ""
+            cells.append(f"{k} {share:5.1f}%{ms}")
+        print(f"    {cat:20s} " + "  ".join(cells))
+    return prof
+
+
+def print_table(rows: list[dict]) -> None:
     print(
         "\nms = thread CPU time with 1 thread, wall-clock with more (see time_variants)\n"
         f"{'model':16s} {'input':8s} {'thr':>3s} {'r':>6s} {'dense':>8s} {'cond':>8s} {'ratio':>6s} "
@@ -480,16 +344,36 @@ def main(argv: list[str] | None = None) -> None:
             f"{lat['cond_script'][m]:8.2f} {row['ratio_script']:7.3f} {lat['masked'][m]:8.2f} "
             f"{row['ratio_wall']:6.3f}"
         )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    threads = [int(t) for t in args.threads.split(",")]
+    torch.manual_seed(0)
+    jobs = (
+        [load_trained(args.checkpoint, args.model)] if args.checkpoint else [(n, None) for n in args.models]
+    )
+    rows, profiles = [], {}
+    t_start = time.perf_counter()
+    for name, trained in jobs:
+        t_model = time.perf_counter()
+        model, fns, x, warmup, r, gates = setup(name, trained, args)
+        size = x.shape[-1]
+        print(
+            f"\n{name} @ {size}x{size}: r = {r.mean():.3f} (images {r.min():.3f}..{r.max():.3f}); {gates} "
+            f"[setup {time.perf_counter() - t_model:.0f} s]"
+        )
+        reps = args.cifar_repeats if size == 32 else args.imagenet_repeats
+        for nt in threads:
+            rows.append(time_model(name, fns, x, warmup, r, gates, nt, reps, args.budget))
+        if not args.no_profile and name in ("gated_resnet32", "gated_resnet50"):
+            lat1 = next((r["latency_ms"] for r in rows if r["model"] == name and r["threads"] == 1), None)
+            profiles[name] = profile_model(fns, x, lat1)
+    print_table(rows)
     batched = [] if args.no_batched or args.checkpoint else run_batched(args.data, args.quick)
     result = {
-        "command": " ".join(["python", *(sys.argv if argv is None else ["benchmarks/latency.py", *argv])]),
-        "machine": {
-            "cpu": _cpu_name(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "python": platform.python_version(),
-        },
+        "command": " ".join(["python -m benchmarks.latency", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": machine(),
         "seconds": round(time.perf_counter() - t_start, 1),
         "rows": rows,
         "profile_percent_threads1": profiles,
@@ -498,16 +382,6 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {args.out} ({result['seconds']:.0f} s)")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

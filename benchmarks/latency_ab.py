@@ -4,11 +4,11 @@ Speed changes to the conditional inference code are small next to this machine's
 they are measured here in one process: the dense twin and the conditional model compiled by the current
 ``batchshaping.inference`` ("new") and by another version of that file ("old", e.g. from git), all four
 TorchScript, interleaved in a rotating order on the same images (1 thread, thread CPU time, per image the
-median over repeats after a first run, then the mean over images; as latency.time_variants does).
+median over repeats after a first run, then the mean over images; as common.time_variants does).
 
     git show HEAD~3:batchshaping/inference.py > /tmp/inference_old.py
-    python benchmarks/latency_ab.py /tmp/inference_old.py               # gated_resnet50, 8 images x 8
-    python benchmarks/latency_ab.py /tmp/inference_old.py --model gated_resnet18 --images 4
+    python -m benchmarks.latency_ab /tmp/inference_old.py               # gated_resnet50, 8 images x 8
+    python -m benchmarks.latency_ab /tmp/inference_old.py --model gated_resnet18 --images 4
 
 Prints the four latencies and both ratios (cond / dense); the untrained gates are calibrated to r ~ 0.5 as
 in latency.py.
@@ -17,20 +17,15 @@ in latency.py.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
-import sys
 from pathlib import Path
 
 import torch
 
 import batchshaping as bs
-from batchshaping.gates import force_gates
 from batchshaping.inference import compile_conditional
 from batchshaping.models.cifar_resnet import CifarResNet
-
-sys.path.insert(0, str(Path(__file__).parent))
-import latency as L  # noqa: E402
+from benchmarks.common import CIFAR_TEST, calibrate_untrained, dense_twin, load_images, machine, time_variants
 
 
 def load_module(path: Path):
@@ -49,16 +44,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="gated_resnet50")
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--repeats", type=int, default=8)
-    p.add_argument("--data", type=Path, default=L.CIFAR_TEST, help="cifar10_test.npz")
+    p.add_argument("--data", type=Path, default=CIFAR_TEST, help="cifar10_test.npz")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     old = load_module(args.old)
     model = bs.create_model(args.model).eval()
-    L.calibrate_untrained(model, args.data)
-    twin = copy.deepcopy(model)
-    force_gates(twin, 1.0)
+    calibrate_untrained(model, args.data)
+    twin = dense_twin(model)
     size = 32 if isinstance(model, CifarResNet) else 224
-    x = L.load_images(args.data, args.images, size, seed=5)
+    x = load_images(args.data, args.images, size, seed=5)
     fns = {
         "dense_old": old.compile_conditional(twin),
         "cond_old": old.compile_conditional(model),
@@ -67,8 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     with torch.inference_mode():
         diff = (fns["cond_old"](x[:2]) - fns["cond_new"](x[:2])).abs().max().item()
-    lat, n_img, reps = L.time_variants(fns, x, L.load_images(args.data, 2, size, seed=2), args.repeats, 1e9)
+    lat, n_img, reps = time_variants(fns, x, load_images(args.data, 2, size, seed=2), args.repeats, 1e9)
     ms = {k: v["cpu"] for k, v in lat.items()}
+    print(f"{machine()['cpu']}, torch {torch.__version__}")
     print(f"{args.model} @ {size}x{size}, {n_img} images x {reps} repeats, 1 thread, thread CPU ms;")
     print(f"max |cond_old - cond_new| = {diff:.1e}")
     for k, v in ms.items():

@@ -2,13 +2,14 @@
 
 Does skipping closed channels pay on a GPU? For gated_resnet50 at 224x224 (CIFAR-10 test images upsampled,
 as benchmarks/latency.py does) and gated_resnet32 at 32x32, untrained gates calibrated on CPU to r ~ 0.5
-(latency.calibrate_untrained), several batch sizes, these variants run side by side on the same inputs:
+(common.calibrate_untrained), several batch sizes, these variants run side by side on the same inputs:
 
     dense_folded        compile_conditional(dense twin): BN folded, gates forced open, TorchScript. Reference
     dense_eager         the plain dense ResNet (same weights, no gates, BN unfolded): the framework baseline
     masked              the original gated model in eval mode (closed channels computed, then times 0)
-    cond, cond_eager    compile_conditional(gated), script=True / False; batch 1 only (exact subsets)
-    cond_union, cond_masked, cond_group   batch > 1: compile_conditional(gated, batch_mode=...)
+    cond, cond_eager    compile_conditional(gated, batch_mode="union"), script=True / False; batch 1
+                        only (exact subsets)
+    cond_union, cond_masked   batch > 1: compile_conditional(gated, batch_mode=...)
     cond_auto           compile_conditional(gated): batch_mode "auto", which is "masked" on a GPU
     cond_a1*            ResNet-50 only: the same with channel_align=1 (no padding to 8 channels)
     *_bf16              dense_eager / masked under bf16 autocast + channels_last (a GPU user's fast path),
@@ -25,8 +26,8 @@ open-channel subsets, e.g. cond and cond_eager, share that cache, so "new" can b
 Errors are recorded and the run goes on; the JSON is rewritten after every (model, batch) cell. If
 dense_folded fails, ratios are to dense_eager ("(eager)").
 
-    python benchmarks/latency_gpu.py                          # the GPU run (~250 s: --budget-s 230)
-    python benchmarks/latency_gpu.py --device cpu --quick --data /work/shared/data/cifar10/cifar10_test.npz
+    python -m benchmarks.latency_gpu                          # the GPU run (~250 s: --budget-s 230)
+    python -m benchmarks.latency_gpu --device cpu --quick     # a CPU smoke run
 """
 
 from __future__ import annotations
@@ -44,16 +45,13 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: no pip install needed
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import latency as L  # noqa: E402
-import torch  # noqa: E402
-
-import batchshaping as bs  # noqa: E402
-from batchshaping.gates import force_gates  # noqa: E402
-from batchshaping.inference import compile_conditional  # noqa: E402
-from batchshaping.macs import MacCounter  # noqa: E402
+import batchshaping as bs
+from batchshaping.inference import compile_conditional
+from batchshaping.macs import MacCounter
+from batchshaping.runtime import machine_description
+from benchmarks.common import CIFAR_TEST, calibrate_untrained, dense_twin, load_images, mac_ratio
 
 MODELS = {"gated_resnet50": (224, (1, 8, 64, 256)), "gated_resnet32": (32, (1, 64, 256, 1024))}
 QUICK = {"gated_resnet50": (64, (1, 2)), "gated_resnet32": (32, (1, 4))}
@@ -75,8 +73,9 @@ def short(e: str) -> str:
 
 
 def build(name: str, gated: torch.nn.Module, twin: torch.nn.Module, dev: torch.device, bf16: bool):
-    """{variant: (kind, fn)} (kind: "all" batches, "one" = batch 1 only, "many" = batch > 1), build errors."""
-    fns, errors, scripted = {}, {}, {}
+    """({variant: (kind, fn)} (kind: "all" batches, "one" = batch 1 only, "many" = batch > 1), build errors,
+    {variant: (scripted, batch_mode)} of the compiled ones)."""
+    fns, errors, compiled = {}, {}, {}
     try:  # the dense ResNet without gates, else the twin (gates forced open)
         plain = bs.create_model(name.removeprefix("gated_")).eval()
         plain.load_state_dict({k: v for k, v in twin.state_dict().items() if ".gate." not in k})
@@ -97,15 +96,14 @@ def build(name: str, gated: torch.nn.Module, twin: torch.nn.Module, dev: torch.d
         "dense_folded": ("all", lambda: cc(twin)),
         "dense_eager": ("all", lambda: dense_eager),
         "masked": ("all", lambda: gated),
-        "cond": ("one", lambda: cc(gated, batch_mode="group")),  # batch 1: the exact subsets
-        "cond_eager": ("one", lambda: cc(gated, batch_mode="group", script=False)),
+        "cond": ("one", lambda: cc(gated, batch_mode="union")),  # batch 1: the exact subsets
+        "cond_eager": ("one", lambda: cc(gated, batch_mode="union", script=False)),
         "cond_auto": ("all", lambda: cc(gated)),
-        **{f"cond_{m}": ("many", lambda m=m: cc(gated, batch_mode=m)) for m in ("union", "masked", "group")},
+        **{f"cond_{m}": ("many", lambda m=m: cc(gated, batch_mode=m)) for m in ("union", "masked")},
     }
     if name == "gated_resnet50":
-        specs["cond_a1"] = ("one", lambda: cc(gated, batch_mode="group", channel_align=1))
-        for m in ("union", "group"):
-            specs[f"cond_a1_{m}"] = ("many", lambda m=m: cc(gated, batch_mode=m, channel_align=1))
+        specs["cond_a1"] = ("one", lambda: cc(gated, batch_mode="union", channel_align=1))
+        specs["cond_a1_union"] = ("many", lambda: cc(gated, batch_mode="union", channel_align=1))
     if bf16:
         specs["dense_eager_bf16"] = ("all", lambda: amp(dense_eager))
         specs["masked_bf16"] = ("all", lambda: amp(gated))
@@ -114,11 +112,12 @@ def build(name: str, gated: torch.nn.Module, twin: torch.nn.Module, dev: torch.d
     for k, (kind, make) in specs.items():
         try:
             fns[k] = (kind, make())
-            scripted[k] = getattr(fns[k][1], "scripted", None)
+            if hasattr(fns[k][1], "scripted"):
+                compiled[k] = (fns[k][1].scripted, fns[k][1].batch_mode)
         except Exception as e:
             errors[k] = err(e)
             print(f"  build {k} FAILED: {short(errors[k])}", flush=True)
-    return fns, errors, {k: v for k, v in scripted.items() if v is not None}
+    return fns, errors, compiled
 
 
 def timed(fn, x, sync) -> tuple[torch.Tensor, float]:
@@ -233,9 +232,9 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=Path(".devdata/cifar10_test.npz"), help="cifar10_test.npz")
+    p.add_argument("--data", type=Path, default=CIFAR_TEST, help="cifar10_test.npz")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/latency_gpu.json"))
     p.add_argument("--device", default="cuda")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -243,23 +242,18 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=230.0, help="wall-clock budget from the start")
     p.add_argument("--no-bf16", action="store_true", help="skip the *_bf16 variants")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 3 repeats: a CPU smoke run")
-    args = p.parse_args()
-    t_start = time.perf_counter()
-    deadline = t_start + args.budget_s
-    configs, repeats = (QUICK, 3) if args.quick else (MODELS, args.repeats)
-    dev = torch.device(args.device)
+    return p.parse_args()
+
+
+def header(args: argparse.Namespace, dev: torch.device, repeats: int) -> dict:
+    """The run's metadata: code version, command, device and software."""
     cuda = dev.type == "cuda"
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 variants compare in real fp32
-    torch.backends.cudnn.allow_tf32 = False
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if args.quick and not cuda:
-        torch.set_num_threads(1)  # a smoke run on a small shared machine: 2 threads can be 10x slower
     src = Path(__file__).resolve().parent.parent / "batchshaping" / "inference.py"
-    result = {
+    return {
         "inference_py_sha1": hashlib.sha1(src.read_bytes()).hexdigest() if src.exists() else None,
-        "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+        "command": " ".join(["python -m benchmarks.latency_gpu", *sys.argv[1:]]),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(dev) if cuda else L._cpu_name(),
+        "device": machine_description(dev),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
@@ -272,6 +266,62 @@ def main() -> None:
         "models": {},
         "cells": [],
     }
+
+
+def setup_model(name: str, size: int, n_pool: int, args: argparse.Namespace, dev: torch.device, info: dict):
+    """(variants, image pool on dev, per-image r or None) of one model; setup facts go into ``info``."""
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    gated = bs.create_model(name).eval()
+    info["gate_bias_mu"] = calibrate_untrained(gated, args.data)  # on CPU
+    twin = dense_twin(gated)
+    fns, info["build_errors"], info["compiled"] = build(name, gated, twin, dev, not args.no_bf16)
+    pool = load_images(args.data, n_pool, size, seed=3).to(dev)
+    try:
+        r_img = mac_ratio(gated, pool, MacCounter(gated, pool.shape[1:]), chunk=64).cpu()
+    except Exception as e:
+        r_img, info["r_error"] = None, err(e)
+    info["setup_s"] = time.perf_counter() - t0
+    print(f"\n{name} @ {size}x{size}: setup {info['setup_s']:.1f} s", flush=True)
+    return fns, pool, r_img
+
+
+def run_cell(name: str, b: int, fns: dict, pool, r_img, repeats: int, share: float, deadline: float, sync):
+    """One (model, batch) cell: the variants for this batch size timed on batches cycled from the pool."""
+    n_b = max(1, min(len(pool) // b, (repeats + 2) // 2 + 1))  # each batch runs about twice
+    cell = {"model": name, "batch": b, "images_cycled": n_b * b, "share_s": round(share, 1)}
+    batches = [pool[i * b : (i + 1) * b] for i in range(n_b)]
+    if r_img is not None:
+        cell["r"] = r_img[: n_b * b].mean().item()
+    sel = {k: f for k, (kind, f) in fns.items() if kind == "all" or (kind == "one") == (b == 1)}
+    t0 = time.perf_counter()
+    try:
+        cell["variants"], cell["ratio_ref"] = summarize(
+            measure(sel, batches, repeats, share, deadline, sync), b
+        )
+    except Exception as e:  # a bug of this script: keep what the other cells have
+        cell["variants"], cell["error"] = {}, err(e)
+    cell["seconds"] = time.perf_counter() - t0
+    print(f"  batch {b}: r {cell.get('r', nan):.3f} [{cell['seconds']:.0f} s] ms (ratio)", flush=True)
+    for k, d in cell["variants"].items():
+        how = f"{d['ms_per_batch']:.3f} ({d.get('ratio', nan):.3f})" if "ms_per_batch" in d else ""
+        print(f"    {k:18s} {how or short(d.get('error', 'no timed run'))}", flush=True)
+    return cell
+
+
+def main() -> None:
+    args = parse_args()
+    t_start = time.perf_counter()
+    deadline = t_start + args.budget_s
+    configs, repeats = (QUICK, 3) if args.quick else (MODELS, args.repeats)
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 variants compare in real fp32
+    torch.backends.cudnn.allow_tf32 = False
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if args.quick and not cuda:
+        torch.set_num_threads(1)  # a smoke run on a small shared machine: 2 threads can be 10x slower
+    result = header(args, dev, repeats)
     print(f"{result['device']} | torch {torch.__version__} cuda {torch.version.cuda}", flush=True)
     cells_left = sum(len(configs[m][1]) for m in args.models)
     for i_model, name in enumerate(args.models):
@@ -282,21 +332,7 @@ def main() -> None:
             cells_left -= len(batch_sizes)
             continue
         try:
-            t0 = time.perf_counter()
-            torch.manual_seed(0)
-            gated = bs.create_model(name).eval()
-            info["gate_bias_mu"] = L.calibrate_untrained(gated, args.data)  # on CPU
-            twin = copy.deepcopy(gated)
-            force_gates(twin, 1.0)
-            fns, info["build_errors"], info["scripted"] = build(name, gated, twin, dev, not args.no_bf16)
-            n_pool = max(max(batch_sizes), repeats + 2)
-            pool = L.load_images(args.data, n_pool, size, seed=3).to(dev)
-            try:
-                r_img = L.mac_ratio(gated, pool, MacCounter(gated, pool.shape[1:]), chunk=64).cpu()
-            except Exception as e:
-                r_img, info["r_error"] = None, err(e)
-            info["setup_s"] = time.perf_counter() - t0
-            print(f"\n{name} @ {size}x{size}: setup {info['setup_s']:.1f} s", flush=True)
+            fns, pool, r_img = setup_model(name, size, max(max(batch_sizes), repeats + 2), args, dev, info)
         except Exception as e:
             info["error"] = err(e)
             print(f"{name} setup FAILED: {info['error']}", flush=True)
@@ -307,28 +343,10 @@ def main() -> None:
             reserve = SETUP_RESERVE_S * (len(args.models) - 1 - i_model)
             share = max(1.0, (deadline - time.perf_counter() - reserve) / cells_left)
             cells_left -= 1
-            n_b = max(1, min(n_pool // b, (repeats + 2) // 2 + 1))  # each batch runs about twice
-            cell = {"model": name, "batch": b, "images_cycled": n_b * b, "share_s": round(share, 1)}
-            batches = [pool[i * b : (i + 1) * b] for i in range(n_b)]
-            if r_img is not None:
-                cell["r"] = r_img[: n_b * b].mean().item()
-            sel = {k: f for k, (kind, f) in fns.items() if kind == "all" or (kind == "one") == (b == 1)}
-            t0 = time.perf_counter()
-            try:
-                cell["variants"], cell["ratio_ref"] = summarize(
-                    measure(sel, batches, repeats, share, deadline, sync), b
-                )
-            except Exception as e:  # a bug of this script: keep what the other cells have
-                cell["variants"], cell["error"] = {}, err(e)
-            cell["seconds"] = time.perf_counter() - t0
-            result["cells"].append(cell)
+            result["cells"].append(run_cell(name, b, fns, pool, r_img, repeats, share, deadline, sync))
             result["seconds"] = time.perf_counter() - t_start
             write(args.out, result)
-            print(f"  batch {b}: r {cell.get('r', nan):.3f} [{cell['seconds']:.0f} s] ms (ratio)", flush=True)
-            for k, d in cell["variants"].items():
-                how = f"{d['ms_per_batch']:.3f} ({d.get('ratio', nan):.3f})" if "ms_per_batch" in d else ""
-                print(f"    {k:18s} {how or short(d.get('error', 'no timed run'))}", flush=True)
-        del fns, gated, twin, pool
+        del fns, pool
         if cuda:
             torch.cuda.empty_cache()
     result["seconds"] = time.perf_counter() - t_start

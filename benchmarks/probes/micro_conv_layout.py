@@ -4,29 +4,15 @@ Behind ``batchshaping.inference.NHWC_MIN_PIXELS``: 3x3 convs through oneDNN (``m
 the package calls for big 3x3 convs) and ``F.conv2d``, each on an NCHW and a channels_last input, for full
 and gated (narrower) channel counts; and 1x1 convs as the three GEMM forms the package can use.
 
-    python benchmarks/micro_conv_layout.py      # ~1 min; prints two tables (thread CPU ms, median of 25)
+    python -m benchmarks.probes.micro_conv_layout   # ~1 min; two tables (thread CPU ms, median of 25)
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
-
-def median_ms(f: Callable[..., object], *args: object, n: int = 25) -> float:
-    """Median thread CPU time of f(*args) in ms, after 3 warm-up calls."""
-    for _ in range(3):
-        f(*args)
-    ts = []
-    for _ in range(n):
-        t0 = time.thread_time()
-        f(*args)
-        ts.append(time.thread_time() - t0)
-    return 1e3 * statistics.median(ts)
+from benchmarks.common import median_ms
 
 
 def onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

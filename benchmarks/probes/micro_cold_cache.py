@@ -5,26 +5,14 @@ time of 30 calls: "hot" repeats the op on data it just touched; "cold" first wri
 input comes from memory as it does in the network, where every block's input was written one block earlier
 and the intermediate tensors have moved through the caches since.
 
-    python benchmarks/micro_cold_cache.py
+    python -m benchmarks.probes.micro_cold_cache
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
 
-
-def median_ms(fn: Callable[[], object], flush: torch.Tensor | None, n: int = 30) -> float:
-    times = []
-    for _ in range(n):
-        if flush is not None:
-            flush.add_(1.0)
-        t0 = time.thread_time()
-        fn()
-        times.append(time.thread_time() - t0)
-    return 1e3 * sorted(times)[n // 2]
+from benchmarks.common import median_ms
 
 
 def main() -> None:
@@ -39,7 +27,8 @@ def main() -> None:
     }
     print(f"{'op on a (256, 3136) input':34s} {'hot ms':>7s} {'cold ms':>8s}")
     for name, fn in ops.items():
-        print(f"{name:34s} {median_ms(fn, None):7.3f} {median_ms(fn, flush):8.3f}")
+        hot, cold = median_ms(fn, n=30, warmup=0), median_ms(fn, n=30, warmup=0, flush=flush)
+        print(f"{name:34s} {hot:7.3f} {cold:8.3f}")
 
 
 if __name__ == "__main__":

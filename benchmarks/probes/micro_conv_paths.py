@@ -1,7 +1,9 @@
 """Batch-1 3x3 conv paths at ResNet-50 subset sizes: F.conv2d vs direct oneDNN vs im2col + one GEMM.
 
 1 thread, thread CPU time per call; 12 weight tensors are cycled so weights come from memory, as in a
-network. Two rounds per size.   python benchmarks/micro_conv_paths.py
+network. Two rounds per size.
+
+    python -m benchmarks.probes.micro_conv_paths
 """
 
 from __future__ import annotations

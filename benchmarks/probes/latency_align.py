@@ -4,38 +4,37 @@ Same setup and timing as ``benchmarks/latency.py`` (untrained gates set for r ~ 
 upsampled to 224x224, 5 repeats, thread CPU time, 1 thread); every variant is compared with the same
 BN-folded dense twin.
 
-    python benchmarks/latency_align.py 1,4,8,16
+    python -m benchmarks.probes.latency_align 1,4,8,16
+    python -m benchmarks.probes.latency_align 1,8 --images 1 --repeats 1     # smoke run
 """
 
 from __future__ import annotations
 
-import copy
-import sys
+import argparse
 
 import torch
 
 import batchshaping as bs
-from batchshaping.gates import force_gates
 from batchshaping.inference import compile_conditional
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-import latency as L  # noqa: E402
+from benchmarks.common import CIFAR_TEST, calibrate_untrained, dense_twin, load_images, time_variants
 
 
 def main() -> None:
-    aligns = [int(v) for v in (sys.argv[1] if len(sys.argv) > 1 else "1,4,8,16").split(",")]
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("aligns", nargs="?", default="1,4,8,16", help="comma-separated channel_align values")
+    p.add_argument("--images", type=int, default=6)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    aligns = [int(v) for v in args.aligns.split(",")]
     torch.set_num_threads(1)
     model = bs.create_model("gated_resnet50").eval()
-    L.calibrate_untrained(model, L.CIFAR_TEST)
-    x = L.load_images(L.CIFAR_TEST, 6, 224)
-    warm = L.load_images(L.CIFAR_TEST, 2, 224, seed=2)
-    twin = copy.deepcopy(model)
-    force_gates(twin, 1.0)
-    fns = {"dense": compile_conditional(twin)}
+    calibrate_untrained(model, CIFAR_TEST)
+    x = load_images(CIFAR_TEST, args.images, 224)
+    warm = load_images(CIFAR_TEST, 2, 224, seed=2)
+    fns = {"dense": compile_conditional(dense_twin(model))}
     for a in aligns:
         fns[f"cond_a{a}"] = compile_conditional(model, channel_align=a)
-    with torch.inference_mode():
-        lat, _, _ = L.time_variants(fns, x, warm, 5, 120)
+    lat, _, _ = time_variants(fns, x, warm, args.repeats, 120)
     d = lat["dense"]
     for k, v in lat.items():
         print(

@@ -12,7 +12,8 @@ and times it on layer4.1 of the untrained ResNet-50 (r ~ 0.5, as in latency.py),
 the package runs now and against the dense convs, with the caches flushed before every call (in the
 network, the other blocks' weights evict this block's). It needs a C compiler (``cc``) with AVX2 support.
 
-    python benchmarks/micro_fused_gather.py          # ~1 min; prints a table
+    python -m benchmarks.probes.micro_fused_gather          # ~1 min; prints a table
+    python -m benchmarks.probes.micro_fused_gather 9        # another block: 9 = layer3.1, 4 = layer2.1
 """
 
 from __future__ import annotations
@@ -29,11 +30,8 @@ import torch
 import torch.nn.functional as F
 
 import batchshaping as bs
-from batchshaping.inference import _open_idx, compile_conditional
-
-sys.path.insert(0, str(Path(__file__).parent))
-import latency as L  # noqa: E402
-from latency_blocks import block_inputs  # noqa: E402
+from batchshaping.inference import compile_conditional, open_idx
+from benchmarks.common import CIFAR_TEST, block_inputs, calibrate_untrained, load_images
 
 TILE = 56  # pixels per register tile: 7 AVX2 vectors
 
@@ -106,16 +104,16 @@ def padded(x: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     torch.set_num_threads(1)
     model = bs.create_model("gated_resnet50").eval()
-    L.calibrate_untrained(model, L.CIFAR_TEST)
+    calibrate_untrained(model, CIFAR_TEST)
     core = compile_conditional(model, script=False).core
-    x = L.load_images(L.CIFAR_TEST, 1, 224)
+    x = load_images(CIFAR_TEST, 1, 224)
     index = int(sys.argv[1]) if len(sys.argv) > 1 else 14  # 14 = layer4.1: 2048 x 7 x 7 input, width 512
     h = block_inputs(core, x)[index].contiguous()
     blk = core.blocks[index]
     with torch.inference_mode():
         m = blk.gate(h)[0]
-        r1, c1 = _open_idx(m[: blk.width], blk.align, blk.pad)
-        r2, c2 = _open_idx(m[blk.width :], blk.align, blk.pad)
+        r1, c1 = open_idx(m[: blk.width], blk.align, blk.pad)
+        r2, c2 = open_idx(m[blk.width :], blk.align, blk.pad)
         hw = h.shape[2] * h.shape[3]
         x1 = h.reshape(h.shape[1], hw)
         y1 = blk.conv1.run(h, out_idx=r1).relu_()  # (1, k1, 7, 7), compact open channels
