@@ -73,18 +73,16 @@ class MacCounter:
 
         return hook
 
-    def conditional(self, outputs: Sequence[GateOutput], use_probs: bool = False) -> Tensor:
+    def conditional(self, outputs: Sequence[GateOutput]) -> Tensor:
         """Per-image MACs (N,) for the gates in ``outputs`` (from :func:`gate_outputs`).
 
-        With ``use_probs`` the probabilities replace the 0/1 masks, which gives the expected MACs under
-        independent gates, differentiable with respect to the probabilities.
         Without outputs (a dense model) the dense count is returned as a 0-d tensor.
         """
         total: Tensor | float = float(self.dense + self.gate_macs)
         for out in outputs:
             prefix, block = self._block(out.name)
             # Realised counts in float64: float32 would round a 40M count by a few MACs.
-            gates = out.probs if use_probs else out.mask.double()
+            gates = out.mask.double()
             for conv, (f_in, f_out) in block.gated_convs(gates).items():
                 dense = self.layers[f"{prefix}.{conv}" if prefix else conv]
                 total = total - dense + dense * f_in * f_out

@@ -79,13 +79,11 @@ def test_planted_bottleneck_masks_count_conv2_bilinearly():
     assert counter.conditional(outs)[0] == pytest.approx(counter.dense + counter.gate_macs - saved)
 
 
-def test_expected_macs_are_differentiable_and_gate_costs_match_gradient():
+def test_gate_costs_are_the_macs_one_open_channel_adds():
     model = bs.create_model("gated_resnet20").train()
     counter = MacCounter(model, (3, 32, 32))
     model(torch.randn(4, 3, 32, 32))
     outs = bs.gate_outputs(model)
-    expected = counter.conditional(outs, use_probs=True)
-    assert expected.shape == (4,) and expected.requires_grad
     costs = counter.gate_costs()
     assert [c.shape[0] for c in costs] == [o.probs.shape[1] for o in outs]
     torch.testing.assert_close(costs[0], torch.full((16,), 2 * 16 * 9 * 32 * 32.0))

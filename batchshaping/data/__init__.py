@@ -6,9 +6,6 @@ from .augment import (
     draw_crop_flip,
     normalize,
     normalize_params,
-    random_crop,
-    random_crop_flip,
-    random_flip,
 )
 from .cifar import (
     CIFAR10_CLASSES,
@@ -44,8 +41,5 @@ __all__ = [
     "md5sum",
     "normalize",
     "normalize_params",
-    "random_crop",
-    "random_crop_flip",
-    "random_flip",
     "resolve_data_dir",
 ]

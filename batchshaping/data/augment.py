@@ -1,16 +1,14 @@
 """Batched CIFAR augmentation on whatever device the batch lives on (no torchvision, no per-image loop).
 
 All images are (N, C, H, W) tensors, uint8 or floating point, contiguous or channels_last. The standard
-CIFAR recipe is ``random_crop_flip`` on the uint8 batch followed by ``normalize``: cropping before
-normalising makes the zero padding black pixels, exactly like torchvision's
+CIFAR recipe is ``crop_flip`` (parameters from ``draw_crop_flip``) on the uint8 batch, then ``normalize``:
+cropping before normalising makes the zero padding black pixels, exactly like torchvision's
 ``RandomCrop(32, padding=4) -> RandomHorizontalFlip() -> ToTensor() -> Normalize()``.
 
 Cropping is a single flat ``index_select`` from a zero-padded copy, with per-image row/column indices;
-the horizontal flip is folded into the column indices, so crop + flip cost one gather. Measured on 1 CPU
-thread for a (256, 3, 32, 32) batch (uint8 / float32): this 1.0-1.7 / 2.0-3.2 ms, two ``gather`` calls
-3.6-5.6 / 4.9-6.3 ms, grouping the images by their 81 offsets 4.5-7.8 / 4.6-6.4 ms, a per-image loop
-6-11 / 6-14 ms. On a GPU it is a handful of kernels with no host synchronisation (grouping by offset
-needs ``unique``/``nonzero``, which synchronise).
+the horizontal flip is folded into the column indices, so crop + flip cost one gather (the fastest of the
+alternatives measured, see benchmarks/README.md). On a GPU it is a handful of kernels with no host
+synchronisation (grouping by offset would need ``unique``/``nonzero``, which synchronise).
 """
 
 from __future__ import annotations
@@ -113,33 +111,6 @@ def draw_crop_flip(
     if device is not None:
         top, left, flip = (t.to(device, non_blocking=True) for t in (top, left, flip))
     return top, left, flip
-
-
-def random_crop(
-    x: Tensor, padding: int = 4, generator: torch.Generator | None = None, channels_last: bool | None = None
-) -> Tensor:
-    """Zero-pad (N, C, H, W) images by ``padding`` and take a random H x W crop per image (same shape,
-    dtype and device as x)."""
-    top, left, _ = draw_crop_flip(len(x), padding, generator, x.device)
-    return crop_flip(x, top, left, None, padding, channels_last)
-
-
-def random_flip(
-    x: Tensor, generator: torch.Generator | None = None, channels_last: bool | None = None
-) -> Tensor:
-    """Mirror each (N, C, H, W) image left-right with probability 0.5 (same shape, dtype, device)."""
-    gdev = generator.device if generator is not None else x.device
-    flip = torch.randint(0, 2, (len(x),), generator=generator, device=gdev).bool()
-    zeros = torch.zeros(len(x), dtype=torch.int32, device=x.device)
-    return crop_flip(x, zeros, zeros, flip, 0, channels_last)
-
-
-def random_crop_flip(
-    x: Tensor, padding: int = 4, generator: torch.Generator | None = None, channels_last: bool | None = None
-) -> Tensor:
-    """:func:`random_crop` then :func:`random_flip` in one gather. x: (N, C, H, W); same shape and dtype."""
-    top, left, flip = draw_crop_flip(len(x), padding, generator, x.device)
-    return crop_flip(x, top, left, flip, padding, channels_last)
 
 
 def normalize_params(

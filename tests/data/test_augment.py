@@ -5,13 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from batchshaping.data.augment import (
-    crop_flip,
-    normalize,
-    random_crop,
-    random_crop_flip,
-    random_flip,
-)
+from batchshaping.data.augment import crop_flip, draw_crop_flip, normalize
 
 CL = torch.channels_last
 
@@ -67,6 +61,17 @@ def test_centre_offset_is_identity_and_corner_shows_padding() -> None:
     assert torch.equal(corner[:, :, 4:, 4:], x[:, :, :-4, :-4])
 
 
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    top, left, _ = draw_crop_flip(len(x), padding, generator)
+    return crop_flip(x, top, left, None, padding)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    _, _, flip = draw_crop_flip(len(x), 0, generator)
+    zeros = torch.zeros(len(x), dtype=torch.int32)
+    return crop_flip(x, zeros, zeros, flip, 0)
+
+
 def test_random_crop_picks_a_valid_offset_per_image_and_is_seeded() -> None:
     x = _images(n=64)
     out = random_crop(x, padding=4, generator=torch.Generator().manual_seed(3))
@@ -105,7 +110,7 @@ def test_random_flip_flips_exactly_the_chosen_images() -> None:
 
 def test_random_crop_flip_is_a_crop_then_flip() -> None:
     x = _images(n=16)
-    out = random_crop_flip(x, generator=torch.Generator().manual_seed(0))
+    out = crop_flip(x, *draw_crop_flip(len(x), 4, torch.Generator().manual_seed(0)), padding=4)
     for i in range(len(x)):
         cands = [
             _reference(x[i : i + 1], [a], [b], [f], 4)[0]
