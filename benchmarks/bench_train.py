@@ -5,14 +5,13 @@
 2. Data pipeline: resnet20 training through the real pipeline (TensorLoader with on-device crop + flip
    and normalisation, the loop of ``batchshaping.train``) against a bare loop over pre-made tensors.
 
-    python benchmarks/bench_train.py --threads 2 --repeats 10
+    python -m benchmarks.bench_train --threads 2 --repeats 10
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +23,9 @@ import batchshaping as bs
 from batchshaping.config import TrainConfig
 from batchshaping.data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader
 from batchshaping.macs import MacCounter
-from batchshaping.train import _train_epoch, param_groups
+from batchshaping.runtime import machine_description
+from batchshaping.tasks import ClassificationTask
+from batchshaping.train import TrainStep, sgd, train_epoch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -83,7 +84,7 @@ def pipeline(batch: int, steps: int, repeats: int) -> dict:
     cfg = TrainConfig(model="resnet20", epochs=1, progress=False)
     cfg.loss.bs_weight = 0.0
     model = bs.create_model("resnet20").to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(param_groups(model, 5e-4, False), lr=0.1, momentum=0.9, nesterov=True)
+    opt = sgd(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     loader = TensorLoader(x_u8, y, batch, True, "cpu", CIFAR10_MEAN, CIFAR10_STD, channels_last=True)
     counter = MacCounter(model, (3, 32, 32))
@@ -92,11 +93,10 @@ def pipeline(batch: int, steps: int, repeats: int) -> dict:
         for i in range(steps)
     ]
 
+    step = TrainStep(model, model, opt, scaler, ClassificationTask(), counter, cfg, None)
+
     def run_pipeline() -> None:
-        _train_epoch(
-            model, model, loader, opt, scaler, bs.BatchShapingLoss(), None, counter, cfg, 0, steps, None,
-            torch.device("cpu"), False, False,
-        )  # fmt: skip
+        train_epoch(step, loader, 0, cfg)
 
     def run_bare() -> None:
         for xb, yb in premade:
@@ -128,7 +128,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": machine_description(torch.device("cpu")),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "gate_overhead": gate_overhead(args.batch, args.repeats, args.precisions.split(",")),
