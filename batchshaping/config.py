@@ -85,7 +85,9 @@ class TrainConfig:
     eval_every: int = 1  # epochs
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16: CUDA only)
     channels_last: bool = True
-    compile: bool = False
+    # The training step (batchshaping.fast_step): "auto" captures it in a CUDA graph on CUDA and runs it
+    # eagerly on CPU; "graph" asks for the capture, "compile" for torch.compile, "eager" for neither.
+    step: str = "auto"  # auto | eager | compile | graph
     sync_bn: bool = False
     seed: int = 0
     deterministic: bool = False
@@ -103,6 +105,7 @@ class TrainConfig:
 
 _CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "step": ("auto", "eager", "compile", "graph"),
     "loss.bs_reduction": ("sum", "mean"),
     "loss.l0_reduction": ("mean", "sum", "macs"),
     "data.dataset": ("cifar10", "imagenet", "cityscapes"),
@@ -144,6 +147,10 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in fields(obj)}
     for key, value in data.items():
+        if not prefix and key == "compile" and isinstance(value, bool):  # configs before the step key
+            if value:
+                obj.step = "compile"
+            continue
         path = f"{prefix}{key}"
         if key not in names:
             raise ConfigError(f"unknown config key {path!r}{_suggest(key, prefix)}")

@@ -231,7 +231,10 @@ def fit(
     state = TrainingState(model, opt, torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16))
     if resume:
         state.restore(out / "last.pt", device)  # type: ignore[operator]
-    step = TrainStep(model, net, opt, state.scaler, task, counter, cfg, amp_dtype)
+    from batchshaping.fast_step import choose_train_step  # it imports this module
+
+    eager_step = TrainStep(model, net, opt, state.scaler, task, counter, cfg, amp_dtype)
+    step = choose_train_step(eager_step, cfg, dist_info.world_size, verbose=main)
     logger = _Logger(out, main)
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"
     if main:
@@ -351,7 +354,7 @@ def _loaders(
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, device: torch.device, world_size: int) -> nn.Module:
-    """The module the step calls: SyncBatchNorm, DDP and torch.compile as the config asks."""
+    """The module the step calls: SyncBatchNorm and DDP as the config asks (compilation: fast_step)."""
     net = model
     if cfg.sync_bn and world_size > 1:
         if device.type != "cuda":
@@ -362,7 +365,7 @@ def _wrap(model: nn.Module, cfg: TrainConfig, device: torch.device, world_size: 
         net = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
-    return torch.compile(net) if cfg.compile else net
+    return net
 
 
 def _where(device: torch.device, precision: str, world_size: int) -> dict[str, Any]:
