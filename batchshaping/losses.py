@@ -140,7 +140,7 @@ class BetaPrior:
     (the table's own error is <= 2e-8; the rest is float32 rounding of t and of the result).
 
     ``pdf`` is the closed form ``exp((alpha-1) log x + (beta-1) log(1-x) - log B(alpha, beta))`` (inf at 0
-    if alpha < 1 and at 1 if beta < 1).
+    if alpha < 1 and at 1 if beta < 1); in float32 it is within 1e-5 relative for alpha, beta in [0.1, 10].
     """
 
     def __init__(self, alpha: float = 0.6, beta: float = 0.4) -> None:

@@ -162,8 +162,8 @@ def test_float32_path_matches_float64_path(a, b):
 
     Tolerances: loss within 1e-6 relative (measured <= 1e-7). Each gradient element
     2/N (F - r/(N+1)) min(f, clip) within 2/N min(f, clip) 2e-7 (the float32 error of F - r/(N+1), measured
-    1.1e-7) plus 5e-6 relative (float32 density, exp((a-1) log x + (b-1) log(1-x)), measured 2.2e-6 for
-    Beta(10, 10)) plus 1e-12 (densities below float32 range).
+    1.1e-7) plus 1e-5 relative (the float32 density exp((a-1) log x + (b-1) log(1-x)): see
+    test_beta_cdf_matches_scipy) plus 1e-12 (densities below float32 range).
     """
     torch.manual_seed(9)
     logits = torch.randn(128, 600) * 4  # near 0 to near 1, like trained gates; 3 column blocks on CPU
@@ -176,7 +176,7 @@ def test_float32_path_matches_float64_path(a, b):
     out64.backward()
     assert abs(out32.item() - out64.item()) <= 1e-6 * out64.item()
     f = BetaPrior(a, b).pdf(x64.detach()).clamp(max=100.0)
-    bound = 2 / 128 * f * 2e-7 + 5e-6 * x64.grad.abs() + 1e-12
+    bound = 2 / 128 * f * 2e-7 + 1e-5 * x64.grad.abs() + 1e-12
     assert ((x32.grad.double() - x64.grad).abs() <= bound).all()
 
 
