@@ -244,6 +244,10 @@ def _raise_bad_values(x: Tensor) -> None:
     )
 
 
+def _eager_cpu(x: Tensor) -> bool:
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _cdf_pdf(prior: Prior, v: Tensor, pdf_clip: float | None) -> tuple[Tensor, Tensor | None]:
     """The prior's CDF and (if pdf_clip is given) its density clipped to [0, pdf_clip] at v, fresh tensors."""
     if isinstance(prior, BetaPrior) and v.dtype == torch.float32:
@@ -270,9 +274,9 @@ def _batch_shaping(
     xt = x.t().contiguous()  # columns as contiguous rows: torch.sort along the last dim is the fast case
     grad_t = torch.empty_like(xt) if need_grad else None
     loss, ok = x.new_zeros(()), None
-    # On CPU, blocks of ~32K values keep the temporaries in cache and reused by the allocator (multi-MB ones
-    # are page-faulted in anew on every call); other devices take all the columns at once.
-    block = max(1, 32768 // n) if x.device.type == "cpu" else g
+    # Eager on CPU, blocks of ~32K values keep the temporaries in cache and reused by the allocator (multi-MB
+    # ones are page-faulted in anew on every call); other devices and torch.compile take all columns at once.
+    block = max(1, 32768 // n) if _eager_cpu(x) else g
     for j in range(0, g, block):
         v, perm = torch.sort(xt[j : j + block], dim=1, stable=True)  # stable: ties ranked by row
         if check is not None:  # bad values sort to the ends of their row (NaN last)
@@ -342,9 +346,10 @@ class BatchShapingLoss(nn.Module):
 
     Bad input: a wrong shape (not 2-D, N < 2, G = 0) or a non-floating dtype raises ValueError. Bad values
     (NaN, inf, outside [0, 1]), found from the ends of the sorted columns, raise ValueError on CPU; on other
-    devices, where raising would need a host sync, they make the loss and its gradient NaN instead (so the
-    forward and backward never sync, and can be captured in a CUDA graph). ``check_inputs=False`` skips the
-    check.
+    devices and under torch.compile, where raising would need a host sync or a graph break, they make the
+    loss and its gradient NaN instead: forward and backward then never sync, compile to one graph and can be
+    captured in a CUDA graph (after a first call has put the prior's table on the device).
+    ``check_inputs=False`` skips the check.
     """
 
     def __init__(
@@ -377,8 +382,9 @@ class BatchShapingLoss(nn.Module):
         _check_shape(x)
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
-        # Raising needs the check's result on the host: free on CPU, a sync elsewhere, where NaN flags it.
-        check = ("raise" if x.device.type == "cpu" else "nan") if self.check_inputs else None
+        # Raising needs the check's result on the host: free on CPU, a sync (or a graph break under
+        # torch.compile) elsewhere, where NaN flags it.
+        check = ("raise" if _eager_cpu(x) else "nan") if self.check_inputs else None
         args = (x, self.prior, self.reduction, self.pdf_clip, check)
         if torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):

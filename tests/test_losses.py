@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -332,8 +334,8 @@ def test_accelerator_path_never_reads_values_on_the_host():
 
 
 def test_torch_compile_matches_eager():
-    """forward + backward traced by torch.compile (graph breaks allowed: the CPU value check reads a
-    bool) give the eager loss and gradient."""
+    """forward + backward compile to one graph (fullgraph=True; the eager call first builds the prior's
+    table) and give the eager loss and gradient; compiled, bad values give NaN instead of raising."""
     loss = BatchShapingLoss()
 
     def step(logits: torch.Tensor) -> torch.Tensor:
@@ -345,12 +347,16 @@ def test_torch_compile_matches_eager():
     eager.backward()
     grad, logits.grad = logits.grad, None
     try:
-        compiled = torch.compile(step, fullgraph=False)(logits)
+        compiled_step = torch.compile(step, fullgraph=True)
+        compiled = compiled_step(logits)
         compiled.backward()
+        with torch.no_grad():
+            bad = compiled_step(logits.detach().index_fill(0, torch.tensor([3]), math.nan))
     finally:
         torch._dynamo.reset()
     torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=0)
     torch.testing.assert_close(logits.grad, grad, rtol=1e-5, atol=1e-9)
+    assert torch.isnan(bad)
 
 
 # ---- batch-shaping loss: bad input -------------------------------------------------------------------------
