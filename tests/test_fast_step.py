@@ -382,3 +382,58 @@ def test_fit_with_the_captured_step_matches_eager_and_resumes_exactly(
         assert torch.equal(v, c["model"][k]), k
     log = [json.loads(s) for s in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2] and all(r["train_loss"] > 0 for r in log)
+
+
+# -------------------------------------------------------------------------------- the GPU benchmark
+
+
+def test_gpu_benchmark_needs_cuda_or_a_dry_run(capsys):
+    from benchmarks.bench_train_gpu import main
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["--models", "resnet20"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_gpu_benchmark_dry_run_checks_times_and_profiles(tmp_path):
+    from benchmarks.bench_train_gpu import main
+
+    out = tmp_path / "train_gpu.jsonl"
+    args = [
+        "--dry-run",
+        "--models",
+        "gated_resnet32",
+        "--paths",
+        "eager,captured",
+        "--profile",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["kind"], r["requested_path"]) for r in records] == [
+        ("check", "captured"),
+        ("timing", "eager"),
+        ("profile", "eager"),
+        ("timing", "captured"),
+        ("profile", "captured"),
+    ]
+    check, timing = records[0], records[3]
+    assert check["ok"] and check["max_rel_param_diff"] < 1e-4 and len(check["losses"]) == 3
+    assert timing["path"] == "eager" and timing["dry_run"] and timing["concurrent"] == 1  # no capture on CPU
+    assert timing["median_epoch_s"] > 0 and timing["steps_per_epoch"] == 2 and timing["w_bs"] > 0
+    assert (tmp_path / "profiles" / "gated_resnet32_captured_dry.txt").is_file()
+
+
+def test_gpu_benchmark_runs_processes_side_by_side(tmp_path):
+    from benchmarks.bench_train_gpu import main
+
+    out = tmp_path / "train_gpu.jsonl"
+    args = ["--dry-run", "--models", "resnet20", "--paths", "captured", "--concurrent", "2", "--no-check"]
+    assert main([*args, "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    workers, aggregate = records[:-1], records[-1]
+    assert sorted(r["worker"] for r in workers) == [0, 1] and all(r["barrier_ok"] for r in workers)
+    assert aggregate["kind"] == "concurrent" and aggregate["workers_ok"] == 2
+    assert aggregate["images_per_s_total"] == pytest.approx(sum(r["images_per_s"] for r in workers))
