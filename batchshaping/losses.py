@@ -11,7 +11,9 @@ so they get no gradient.
 
 Everything is torch ops on the input's device, with no host synchronisation on accelerators: ranks come
 from ``torch.sort`` along the batch dimension, and :class:`BetaPrior` interpolates its CDF in a table it
-builds once (float32 inputs) or evaluates it exactly by continued fraction (float64 inputs).
+builds once (float32 inputs) or evaluates it exactly by continued fraction (float64 inputs). The one
+exception is eager float32 on CPU, where ``torch.sort`` is slow (~25 ms for (256, 2048), twice the rest of
+the loss): there numpy sorts exact int64 keys (value bits, row index) and gives the same ranks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import math
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
@@ -248,6 +251,24 @@ def _eager_cpu(x: Tensor) -> bool:
     return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
+def _sort_rows(v: Tensor) -> tuple[Tensor, Tensor]:
+    """torch.sort(v, dim=1, stable=True) of a contiguous 2-D v; eager float32 on CPU by numpy instead.
+
+    numpy sorts int64 keys (float32 bits << b | position along dim 1, in b bits) with SIMD, ~7x faster than
+    torch.sort on CPU. The keys are unique and, for values >= 0 (+ 0.0 turns -0.0 into 0.0), ordered as
+    (value, index): the same values and indices as the stable sort. Values < 0 or NaN (rejected by the
+    loss's check) sort to the front, negatives in reverse order.
+    """
+    if v.dtype != torch.float32 or not _eager_cpu(v):
+        return torch.sort(v, dim=1, stable=True)
+    b = max(1, (v.shape[1] - 1).bit_length())
+    keys = (v + 0.0).numpy().view(np.int32).astype(np.int64) << b
+    keys |= np.arange(v.shape[1])
+    keys.sort(axis=1)
+    idx = torch.from_numpy(keys & ((1 << b) - 1))
+    return torch.from_numpy((keys >> b).astype(np.int32).view(np.float32)), idx
+
+
 def _cdf_pdf(prior: Prior, v: Tensor, pdf_clip: float | None) -> tuple[Tensor, Tensor | None]:
     """The prior's CDF and (if pdf_clip is given) its density clipped to [0, pdf_clip] at v, fresh tensors."""
     if isinstance(prior, BetaPrior) and v.dtype == torch.float32:
@@ -278,8 +299,8 @@ def _batch_shaping(
     # ones are page-faulted in anew on every call); other devices and torch.compile take all columns at once.
     block = max(1, 32768 // n) if _eager_cpu(x) else g
     for j in range(0, g, block):
-        v, perm = torch.sort(xt[j : j + block], dim=1, stable=True)  # stable: ties ranked by row
-        if check is not None:  # bad values sort to the ends of their row (NaN last)
+        v, perm = _sort_rows(xt[j : j + block])  # stable: ties ranked by row
+        if check is not None:  # bad values sort to the ends of their row
             ok_j = (v[:, 0].amin() >= 0) & (v[:, -1].amax() <= 1)  # False for NaN
             if check == "raise" and not bool(ok_j):
                 _raise_bad_values(x)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import special, stats
 
+from batchshaping import losses
 from batchshaping.gates import GateOutput
 from batchshaping.losses import BatchShapingLoss, BetaPrior, Prior, _BatchShapingFunction, l0_loss
 
@@ -200,6 +201,46 @@ def test_ties_and_near_ties_rank_stably():
     x64 = x.detach().double().requires_grad_()
     BatchShapingLoss()(x64).backward()
     np.testing.assert_allclose(x64.grad.numpy(), x.grad.numpy(), atol=1e-9, rtol=1e-4)
+
+
+def tied_probs(n: int, g: int, seed: int) -> torch.Tensor:
+    """(n, g) float32 probabilities, most of them tied: 0, -0.0, subnormals, 1 - 1 ulp, 1 and a few others."""
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.tensor([0.0, -0.0, 2**-149, 2**-126, 0.25, 0.5, 0.5 + 2**-24, 1 - 2**-24, 1.0])
+    return pool[torch.randint(len(pool), (n, g), generator=gen)]
+
+
+@pytest.mark.parametrize("n", [2, 3, 64, 255, 256, 257, 1000])
+def test_cpu_fast_sort_matches_torch_sort(n):
+    """Eager float32 on CPU sorts packed int64 keys with numpy: the same values (-0.0 as 0.0) and the same
+    indices (ties in row order) as torch.sort(stable=True), the path of every other device and of compile."""
+    gen = torch.Generator().manual_seed(n)
+    for v in (tied_probs(40, n, seed=n), torch.rand(40, n, generator=gen)):
+        v[3, :] = 0.5  # a row of one tied value
+        values, idx = losses._sort_rows(v)
+        ref_values, ref_idx = torch.sort(v, dim=1, stable=True)
+        assert values.dtype == torch.float32 and idx.dtype == torch.int64
+        assert torch.equal(values, ref_values) and torch.equal(idx, ref_idx)
+    # Bad values still end up at the ends of their row, where the loss's check looks.
+    v = torch.rand(5, n, generator=gen)
+    v[0, -1], v[1, -1], v[2, -1], v[3, -1], v[4, -1] = -0.3, -math.inf, math.nan, -math.nan, 1.5
+    values = losses._sort_rows(v)[0]
+    assert ((values[:, 0] < 0) | (values[:, -1] > 1) | values[:, 0].isnan() | values[:, -1].isnan()).all()
+
+
+@pytest.mark.parametrize("kind", ["ties", "random"])
+def test_cpu_fast_sort_gives_the_torch_sort_loss_and_gradient(kind, monkeypatch):
+    """Loss and gradient bit for bit equal with the numpy sort and with torch.sort, over several blocks."""
+    x = tied_probs(256, 300, seed=12) if kind == "ties" else torch.rand(256, 300)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out1 = BatchShapingLoss()(x1)
+    out1.backward()
+    monkeypatch.setattr(losses, "_sort_rows", lambda v: torch.sort(v, dim=1, stable=True))
+    out2 = BatchShapingLoss()(x2)
+    out2.backward()
+    assert torch.equal(out1, out2) and torch.equal(x1.grad, x2.grad)
+    if kind == "ties":  # and both agree with the row-order (stable) reference ranks
+        np.testing.assert_allclose(x1.grad.numpy(), ref_grad(x), atol=1e-9, rtol=1e-4)
 
 
 # ---- batch-shaping loss: gradients -------------------------------------------------------------------------
