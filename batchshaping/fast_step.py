@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -243,7 +243,7 @@ class FastTrainStep:
         compile_mode: str | None = None,
         warmup: int = WARMUP_STEPS,
         verbose: bool = True,
-        compile_backend: str = "inductor",
+        compile_backend: str | Callable = "inductor",
     ) -> None:
         if capture and eager.device.type not in CAPTURE_DEVICE_TYPES:
             raise ValueError(f"capture needs a CUDA device, the model is on {eager.device}")
@@ -290,7 +290,7 @@ class FastTrainStep:
         if self.path == "compiled" and self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed
         if not self.capture:
-            return self._timed(x, y) if self._warm == 0 else self._step(x, y)
+            return self._step(x, y) if self._warm else self._first(x, y, (lr, w_bs, w_l0))
         signature = (x.shape, x.dtype, y.shape, y.dtype)
         self._signature = self._signature or signature
         if signature != self._signature:  # another batch size: the same step, uncaptured
@@ -369,6 +369,17 @@ class FastTrainStep:
         self.warmup_s += time.perf_counter() - t0
         return stats
 
+    def _first(self, x: Tensor, y: Tensor, sched: tuple[float, float, float]) -> Tensor:
+        """The first uncaptured step, timed; where it compiles, a compilation error hands over to the eager
+        step (compiled code runs before the update, so the batch has not been trained on)."""
+        try:
+            return self._timed(x, y)
+        except Exception as e:
+            if self.path != "compiled":
+                raise
+            self._fall_back(f"compilation failed: {_first_error(e)}")
+            return self.fallback(x, y, *sched)  # type: ignore[misc]
+
     def _capture(self, x: Tensor, y: Tensor, sched: tuple[float, float, float]) -> Tensor:
         """Capture the step on static copies of (x, y), then replay it once for this batch. On any error
         the eager TrainStep takes over (the batch is then trained by it)."""
@@ -376,16 +387,17 @@ class FastTrainStep:
         sx, sy = torch.empty_like(x), torch.empty_like(y)
         sx.copy_(x)
         sy.copy_(y)
-        graph = _cuda.CUDAGraph()
+        graph, main = _cuda.CUDAGraph(), _cuda.current_stream(self.device)
         try:
             self._check_ready()
             with _cuda.graph(graph, stream=self._stream):
                 stats = self._step(sx, sy)
         except Exception as e:  # whatever failed, the eager step is correct
+            _cuda.set_stream(main)  # graph's __exit__ leaves the capture stream current if capture_end raised
             del graph
             self.optimizer.zero_grad(set_to_none=True)  # grads of the capture were never computed
             clear_gate_outputs(self.model)
-            self._fall_back(f"capture failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}")
+            self._fall_back(f"capture failed: {_first_error(e)}")
             return self.fallback(x, y, *sched)  # type: ignore[misc]
         clear_gate_outputs(self.model)  # they hold the capture's autograd graph
         self.graph, self._static = graph, (sx, sy, stats)
@@ -405,6 +417,16 @@ class FastTrainStep:
                 raise RuntimeError("momentum buffers missing before the capture (no warm-up step?)")
 
     def _fall_back(self, reason: str) -> None:
+        """Hand every later step to the eager TrainStep, for ``reason``."""
         self.fallback, self.path, self.graph, self._static = self.eager, "eager", None, None
         if self.verbose:
             print(f"training step: eager ({reason})", flush=True)
+
+
+def _first_error(e: BaseException) -> str:
+    """The error that started a chain (a failed capture's own error, not the capture_end error that the
+    graph context raises while handling it), as one short line."""
+    while e.__context__ is not None and e.__context__ is not e:
+        e = e.__context__
+    lines = str(e).strip().splitlines() or [""]
+    return f"{type(e).__name__}: {lines[0][:200]}"
