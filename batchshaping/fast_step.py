@@ -7,8 +7,9 @@ branches on values that change during training, so that it can run on one of thr
 
 * ``"captured"`` (CUDA): a few eager warm-up steps on a side stream, then the whole step is captured once
   in a ``torch.cuda.CUDAGraph``; every later step copies its batch into the graph's static input tensors
-  and replays it, one launch for what takes ~1,500 launches eagerly (gated ResNet-32);
-* ``"compiled"``: the forward + losses and the SGD update each compiled with ``torch.compile``;
+  and replays it: one graph launch in place of every kernel launch of the step, and no Python per kernel;
+* ``"compiled"``: the forward + losses and the SGD update each compiled with ``torch.compile`` (mode
+  "reduce-overhead" on CUDA: CUDA graphs of each compiled piece);
 * ``"eager"``: the same code run as it is (the CPU tests of the two paths above use it).
 
 Where it differs from TrainStep, and why:
@@ -43,8 +44,8 @@ Constraints of the captured path (a graph replays fixed kernels on fixed memory 
 * One process: DDP's collectives and gradient buckets are not captured; DDP runs stay eager.
 * The returned stats tensor is a static output of the graph, overwritten by the next step: add it up
   (as ``train_epoch`` does) before the next call.
-* The gates' noise comes from the same generator as in eager mode (graph-safe Philox offsets), in another
-  order: a captured run is not bit-identical to an eager one with the same seed.
+* The gates' noise comes from the same generator as in eager mode (graph-safe Philox offsets); that a
+  captured run draws the very numbers of an eager one with the same seed is neither guaranteed nor checked.
 """
 
 from __future__ import annotations
