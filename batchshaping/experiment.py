@@ -27,7 +27,15 @@ from batchshaping.runtime import init_distributed, resolve_device, resolve_preci
 from batchshaping.tasks import ClassificationTask, SegmentationTask
 
 #: Keys that a resumed run may take from the command line: where and how it runs, not what it computes.
-RESUME_OVERRIDABLE = {"data.root", "data.workers", "device", "threads", "progress", "data.eval_batch_size"}
+RESUME_OVERRIDABLE = {
+    "data.root",
+    "data.workers",
+    "device",
+    "threads",
+    "progress",
+    "data.eval_batch_size",
+    "step",
+}
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,8 @@ class TrainStep:
         lc = cfg.loss
         self.bs_loss = BatchShapingLoss(lc.bs_alpha, lc.bs_beta, reduction=lc.bs_reduction)
         # MAC-weighted L0 is the mean over gates of each gate's share of the MACs.
-        self.l0_weights = counter.gate_costs() if lc.l0_reduction == "macs" else None
+        costs = counter.gate_costs() if lc.l0_reduction == "macs" else None
+        self.l0_weights = [c.to(self.device) for c in costs] if costs is not None else None
         self.l0_reduction = "mean" if self.l0_weights is not None else lc.l0_reduction
 
     def __call__(self, x: Tensor, y: Tensor, lr: float, w_bs: float, w_l0: float) -> Tensor:
@@ -151,7 +153,8 @@ class TrainStep:
             b = len(y)
             correct = self.task.correct(logits, y)
             stats = [loss * b, ce * b, bs * b, l0 * b, correct, open_frac * b, mac_ratio * b]
-            return torch.stack([*stats, ce.new_tensor(float(b))]).detach()
+            # new_full fills on the device: new_tensor(b) would copy from the host and wait for the GPU.
+            return torch.stack([*stats, ce.new_full((), float(b))]).detach()
 
 
 def train_epoch(
@@ -358,7 +361,9 @@ def _wrap(model: nn.Module, cfg: TrainConfig, device: torch.device, world_size: 
     net = model
     if cfg.sync_bn and world_size > 1:
         if device.type != "cuda":
-            print("sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); ignored on CPU")
+            warnings.warn(
+                "sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only); ignored on CPU", stacklevel=2
+            )
         else:
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if world_size > 1:

@@ -15,12 +15,28 @@ def test_registry_has_the_model_zoo():
         assert f"resnet{depth}" in bs.list_models() and f"gated_resnet{depth}" in bs.list_models()
 
 
-@pytest.mark.parametrize("name", ["gated_resnet20", "gated_resnet18", "gated_resnet50"])
+def small_input(name: str) -> tuple[int, int, int]:
+    """A cheap input of the model's kind: CIFAR 32x32, ImageNet 64x64, segmentation 64x64."""
+    return (3, 32, 32) if bs.model_info(name).family == "cifar" else (3, 64, 64)
+
+
+@pytest.mark.parametrize("name", bs.list_models())
+def test_every_model_runs_forward_and_backward_with_finite_values(name):
+    torch.manual_seed(0)
+    model = bs.create_model(name, num_classes=5).train()
+    out = model(torch.randn(2, *small_input(name)))
+    assert out.shape[:2] == (2, 5) and torch.isfinite(out).all()
+    out.float().square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert bool(bs.gate_outputs(model)) == bs.model_info(name).gated
+
+
+@pytest.mark.parametrize("name", bs.list_models("gated_"))
 def test_gates_forced_open_compute_the_dense_function(name):
     torch.manual_seed(0)
     dense_name = name.removeprefix("gated_")
-    info = bs.model_info(name)
-    size = (3, 32, 32) if info.family == "cifar" else (3, 64, 64)
+    size = small_input(name)
     dense = bs.create_model(dense_name, num_classes=7).eval()
     gated = bs.create_model(name, num_classes=7).eval()
     missing, unexpected = gated.load_state_dict(dense.state_dict(), strict=False)
