@@ -96,11 +96,9 @@ def test_train_says_where_it_writes_and_eval_finds_the_runs_data(tmp_path, cifar
     assert "ETA" in printed and f"wrote {out}/summary.json" in printed
     monkeypatch.chdir(tmp_path)  # no ./data/cifar10 here: the data folder must come from the checkpoint
     assert main(["eval", str(out / "last.pt")]) == 0
-    metrics = json.loads(capsys.readouterr().out)
+    metrics = json.loads(capsys.readouterr().out)  # on the whole test split, not the run's 200 images
     summary = json.loads((out / "summary.json").read_text())
-    assert metrics["top1"] == pytest.approx(summary["top1"]) and metrics["macs_mean"] == pytest.approx(
-        summary["macs_mean"]
-    )
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and metrics["macs_dense"] == summary["macs_dense"]
 
 
 def test_evals_data_not_found_error_suggests_an_option_eval_has(tmp_path, capsys):
