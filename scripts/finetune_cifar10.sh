@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Gate a trained dense network, and the fair comparison (RESULTS.md, "Gating a trained dense network"):
+#   dense      resnet32 for E epochs (configs/cifar10_resnet32_cpu.yaml, the 30-epoch CPU recipe's shape)
+#   resnet20   resnet20 for E + F epochs, same recipe shape: the same total epochs as the gated model
+#   finetune   gated_resnet32 warm-started from the dense resnet32's best.pt, F epochs of
+#              configs/cifar10_gated_resnet32_finetune.yaml, one run per L0 weight in L0
+#   analyze    batchshaping analyze on every fine-tuned run
+# Each run trains in runs/ft/<run>; its summary, log and config are copied to results/cifar10/<run>/.
+#
+#   E=15 F=4 L0="0.001 0.002" THREADS=1 bash scripts/finetune_cifar10.sh dense resnet20 finetune analyze
+#
+# Steps run in the order given; a step whose run already finished is skipped, a killed one resumes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+E=${E:-15}
+F=${F:-4}
+L0=${L0:-"0.001 0.002"}
+DATA=${DATA:-../shared/data/cifar10}
+THREADS=${THREADS:-}
+threads=()
+[ -n "$THREADS" ] && threads=(--set "threads=$THREADS")
+
+train() {  # run-name, then the arguments of a new run
+  local run=$1 out="runs/ft/$1"
+  shift
+  if [ -f "$out/summary.json" ]; then
+    echo "== $run: done"
+  elif [ -f "$out/last.pt" ]; then
+    python -m batchshaping train --out "$out" --resume --data-dir "$DATA" --set progress=false "${threads[@]}"
+  else
+    python -m batchshaping train "$@" --set progress=false "${threads[@]}" --data-dir "$DATA" --out "$out"
+  fi
+  mkdir -p "results/cifar10/$run"
+  cp "$out/summary.json" "$out/log.jsonl" "$out/config.yaml" "results/cifar10/$run/"
+}
+
+finetuned() { for w in $L0; do echo "gated_resnet32_ft${F}_l0_${w}_from_resnet32_e${E}"; done; }
+
+for step in "$@"; do
+  case $step in
+    dense) train "resnet32_e$E" --config cifar10_resnet32_cpu --set epochs="$E" ;;
+    resnet20) train "resnet20_e$((E + F))" --config cifar10_resnet20_cpu --set epochs="$((E + F))" ;;
+    finetune)
+      for w in $L0; do
+        train "gated_resnet32_ft${F}_l0_${w}_from_resnet32_e$E" --config cifar10_gated_resnet32_finetune \
+          --set epochs="$F" --set loss.l0_weight="$w" --set pretrained="runs/ft/resnet32_e$E/best.pt"
+      done ;;
+    analyze)
+      for run in $(finetuned); do
+        python -m batchshaping analyze "runs/ft/$run/last.pt" --out "results/cifar10/$run/analysis" \
+          --data-dir "$DATA"
+      done ;;
+    *) echo "unknown step $step (dense | resnet20 | finetune | analyze)" >&2; exit 2 ;;
+  esac
+done
