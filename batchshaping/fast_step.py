@@ -50,7 +50,6 @@ Constraints of the captured path (a graph replays fixed kernels on fixed memory 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -58,9 +57,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
-from batchshaping.gates import clear_gate_outputs, gate_outputs
-from batchshaping.losses import l0_loss
-from batchshaping.train import TrainStep, batch_shaping_input, schedule
+from batchshaping.gates import clear_gate_outputs
+from batchshaping.train import TrainStep, schedule
 
 if TYPE_CHECKING:
     from batchshaping.config import TrainConfig
@@ -251,12 +249,7 @@ class FastTrainStep:
         if capture and (warmup < 1 or compile_mode == "reduce-overhead"):
             raise ValueError("capture needs warmup >= 1 and a compile mode without CUDA graphs")
         self.eager, self.capture, self.warmup, self.verbose = eager, capture, warmup, verbose
-        self.model, self.net, self.optimizer, self.task = eager.model, eager.net, eager.optimizer, eager.task
-        self.device, self.gated, self.counter = eager.device, eager.gated, eager.counter
-        self.bs_loss, self.l0_reduction, self.amp_dtype = eager.bs_loss, eager.l0_reduction, eager.amp_dtype
-        self.bs_sync = eager.loss_cfg.bs_sync
-        # On the device once: l0_loss would copy host weights every step (a sync, illegal in a capture).
-        self.l0_weights = None if eager.l0_weights is None else [w.to(self.device) for w in eager.l0_weights]
+        self.model, self.optimizer, self.device = eager.model, eager.optimizer, eager.device
         self.sched = ScheduleTensors(self.device)
         self.path = "captured" if capture else "compiled" if compile_mode else "eager"
         self.fallback: TrainStep | None = None
@@ -320,35 +313,12 @@ class FastTrainStep:
     def _forward_losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """(loss 0-d, stats (len(STATS) + 1,)) of TrainStep, the gate losses weighted by device tensors."""
         w_bs, w_l0 = self.sched.values[1:].to(torch.float32).unbind()  # the losses' dtype, as floats are
-        with self._autocast():
-            logits = self.net(x)
-        ce = self.task.loss(logits, y)
-        loss, bs, l0 = ce, ce.new_zeros(()), ce.new_zeros(())
-        open_frac, mac_ratio = ce.new_ones(()), ce.new_ones(())
-        if self.gated:
-            outs = gate_outputs(self.model)
-            bs = self.bs_loss(batch_shaping_input(outs, self.bs_sync))
-            l0 = l0_loss(outs, reduction=self.l0_reduction, weights=self.l0_weights)
-            loss = ce + w_bs * bs + w_l0 * l0
-            with torch.no_grad():
-                bs, l0 = torch.where(w_bs > 0, bs, 0.0), torch.where(w_l0 > 0, l0, 0.0)  # logged as eager
-                open_frac = torch.cat([o.mask for o in outs], 1).mean()
-                mac_ratio = self.counter.conditional(outs).mean() / self.counter.dense
-        with torch.no_grad():
-            b = len(y)
-            correct = self.task.correct(logits, y)
-            stats = [loss * b, ce * b, bs * b, l0 * b, correct, open_frac * b, mac_ratio * b]
-            return loss, torch.stack([*stats, torch.full_like(ce, b)]).detach()
+        # No weight-cast cache: cached casts would outlive the capture that made them.
+        return self.eager.forward_losses(x, y, w_bs, w_l0, cache_casts=False)
 
     def _update(self, grads: list[list[Tensor | None]]) -> None:
         neg_lrs = (self.sched.lr * self._neg_factors).to(self._lr_dtype)
         sgd_update(self._groups, self.optimizer.state, grads, neg_lrs)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        # No weight-cast cache: cached casts would outlive the capture that made them.
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=False)
 
     # --------------------------------------------------------------------------- warm-up and capture
 

@@ -105,8 +105,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """torch.autocast for ``dtype`` on ``device``, or a no-op for plain fp32 (``dtype`` None)."""
+def autocast(
+    device: torch.device, dtype: torch.dtype | None, cache: bool = True
+) -> contextlib.AbstractContextManager:
+    """torch.autocast for ``dtype`` on ``device``, or a no-op for plain fp32 (``dtype`` None). ``cache=False``
+    recasts the weights at every use (a captured CUDA graph must not keep casts made during its capture)."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)

@@ -129,32 +129,47 @@ class TrainStep:
     def __call__(self, x: Tensor, y: Tensor, lr: float, w_bs: float, w_l0: float) -> Tensor:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_factor", 1.0)
-        with autocast(self.device, self.amp_dtype):
+        loss, stats = self.forward_losses(x, y, w_bs, w_l0)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return stats
+
+    def forward_losses(
+        self, x: Tensor, y: Tensor, w_bs: float | Tensor, w_l0: float | Tensor, cache_casts: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """(loss 0-d, stats (len(STATS) + 1,)) of one batch.
+
+        Weights as floats skip a loss whose weight is 0; as 0-d device tensors (a captured step, whose
+        graph must not change with the schedule) both gate losses are always computed and weighted, and a
+        loss whose weight is 0 is logged as 0 as in the eager step.
+        """
+        with autocast(self.device, self.amp_dtype, cache_casts):
             logits = self.net(x)
         ce = self.task.loss(logits, y)
         loss, bs, l0 = ce, ce.new_zeros(()), ce.new_zeros(())
         open_frac, mac_ratio = ce.new_ones(()), ce.new_ones(())
         if self.gated:
             outs = gate_outputs(self.model)
-            if w_bs > 0:
+            weights_on_device = isinstance(w_bs, Tensor)
+            if weights_on_device or w_bs > 0:
                 bs = self.bs_loss(batch_shaping_input(outs, self.loss_cfg.bs_sync))
                 loss = loss + w_bs * bs
-            if w_l0 > 0:
+            if weights_on_device or w_l0 > 0:
                 l0 = l0_loss(outs, reduction=self.l0_reduction, weights=self.l0_weights)
                 loss = loss + w_l0 * l0
             with torch.no_grad():
+                if weights_on_device:
+                    bs, l0 = torch.where(w_bs > 0, bs, 0.0), torch.where(w_l0 > 0, l0, 0.0)
                 open_frac = torch.cat([o.mask for o in outs], 1).mean()
                 mac_ratio = self.counter.conditional(outs).mean() / self.counter.dense
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
         with torch.no_grad():
             b = len(y)
             correct = self.task.correct(logits, y)
             stats = [loss * b, ce * b, bs * b, l0 * b, correct, open_frac * b, mac_ratio * b]
             # new_full fills on the device: new_tensor(b) would copy from the host and wait for the GPU.
-            return torch.stack([*stats, ce.new_full((), float(b))]).detach()
+            return loss, torch.stack([*stats, ce.new_full((), float(b))]).detach()
 
 
 def train_epoch(
