@@ -5,7 +5,7 @@
 #   finetune   gated_resnet32 warm-started from the dense resnet32's best.pt, F epochs of
 #              configs/cifar10_gated_resnet32_finetune.yaml, one run per L0 weight in L0
 #   analyze    batchshaping analyze on every fine-tuned run
-# Each run trains in runs/ft/<run>; its summary, log and config are copied to results/cifar10/<run>/.
+# Each run trains in runs/ft/<run>; its summary, log and config are copied to results/cifar10_finetune/<run>/.
 #
 #   E=15 F=4 L0="0.001 0.002" THREADS=1 bash scripts/finetune_cifar10.sh dense resnet20 finetune analyze
 #
@@ -30,8 +30,8 @@ train() {  # run-name, then the arguments of a new run
   else
     python -m batchshaping train "$@" --set progress=false "${threads[@]}" --data-dir "$DATA" --out "$out"
   fi
-  mkdir -p "results/cifar10/$run"
-  cp "$out/summary.json" "$out/log.jsonl" "$out/config.yaml" "results/cifar10/$run/"
+  mkdir -p "results/cifar10_finetune/$run"
+  cp "$out/summary.json" "$out/log.jsonl" "$out/config.yaml" "results/cifar10_finetune/$run/"
 }
 
 finetuned() { for w in $L0; do echo "gated_resnet32_ft${F}_l0_${w}_from_resnet32_e${E}"; done; }
@@ -47,7 +47,7 @@ for step in "$@"; do
       done ;;
     analyze)
       for run in $(finetuned); do
-        python -m batchshaping analyze "runs/ft/$run/last.pt" --out "results/cifar10/$run/analysis" \
+        python -m batchshaping analyze "runs/ft/$run/last.pt" --out "results/cifar10_finetune/$run/analysis" \
           --data-dir "$DATA"
       done ;;
     *) echo "unknown step $step (dense | resnet20 | finetune | analyze)" >&2; exit 2 ;;

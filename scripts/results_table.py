@@ -4,6 +4,10 @@ results/cifar10/<run>/{summary.json,config.yaml}.
     python scripts/results_table.py            # prints the tables and the headline
     python scripts/results_table.py --write    # replaces them between their markers in RESULTS.md / README.md
 
+The runs of the fine-tuning protocol (scripts/finetune_cifar10.sh: dense resnet32, resnet20 for the same
+total epochs, gated_resnet32 fine-tuned from the dense resnet32) are in results/cifar10_finetune/ and get a
+table of their own.
+
 One table per protocol (epoch count and device kind, CPU fp32 or GPU bf16), longest protocol first: runs
 of different protocols are not compared.
 The headline is, for the longest protocol that has both, dense resnet20 against the most accurate
@@ -26,7 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 MARKERS = {
     "RESULTS.md": ("<!-- results-table:begin -->", "<!-- results-table:end -->"),
     "README.md": ("<!-- headline:begin -->", "<!-- headline:end -->"),
+    "finetune": ("<!-- finetune-table:begin -->", "<!-- finetune-table:end -->"),
 }
+FINETUNE_HEADER = (
+    "| run | model | start | BS weight (phase) | L0 weight | epochs (total) | top-1 | mean MMACs "
+    "| ratio to resnet20 | gates on / off / cond. (%) | wall time | machine | command |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 HEADER = (
     "| run | model | BS weight (phase) | L0 weight | top-1 | mean MMACs | ratio to own dense "
     "| ratio to resnet20 | gates on / off / cond. (%) | epochs | wall time | machine | command |\n"
@@ -111,6 +121,40 @@ def headline(runs: list[dict], r20_macs: float) -> str:
     return "No protocol has both a resnet20 run and a gated_resnet32 run at or below its MACs yet."
 
 
+def finetune_row(r: dict, r20_macs: float, f: int) -> str:
+    """A run of scripts/finetune_cifar10.sh (``f``: the fine-tunes' epochs); its command is rebuilt from its
+    config."""
+    s, cfg = r["s"], r["cfg"]
+    start = Path(cfg["pretrained"]).parent.name if cfg.get("pretrained") else "scratch"
+    e0 = int(start.rsplit("_e", 1)[1]) if start != "scratch" else 0
+    if r["gated"]:
+        loss = cfg["loss"]
+        bs, l0 = f"{loss['bs_weight']} (first {loss['bs_end']:.0%})", loss["l0_weight"]
+        gates = "{:.1f} / {:.1f} / {:.1f}".format(
+            *(100 * s[k] for k in ("gates_always_on", "gates_always_off", "gates_conditional"))
+        )
+        cmd = f'E={e0} F={s["epochs"]} L0="{l0}" bash scripts/finetune_cifar10.sh finetune'
+    else:
+        bs = l0 = gates = "-"
+        n = s["epochs"]
+        cmd = (
+            f"E={n} bash scripts/finetune_cifar10.sh dense"
+            if s["model"] == "resnet32"
+            else f"E={n - f} F={f} bash scripts/finetune_cifar10.sh resnet20"
+        )
+    return (
+        f"| {r['run']} | {s['model']} | {start} | {bs} | {l0} | {s['epochs']} ({e0 + s['epochs']}) | "
+        f"{100 * s['top1']:.2f}% | {s['macs_mean'] / 1e6:.2f} | {s['macs_mean'] / r20_macs:.3f} | {gates} | "
+        f"{s['wall_time_s'] / 60:.0f} min | {s.get('machine', s['device'])} ({s['precision']}) | `{cmd}` |"
+    )
+
+
+def finetune_table(runs: list[dict], r20_macs: float) -> str:
+    order = sorted(runs, key=lambda r: (r["gated"], r["s"]["model"], r["run"]))
+    f = next((r["s"]["epochs"] for r in runs if r["gated"]), 0)
+    return FINETUNE_HEADER + "".join("\n" + finetune_row(r, r20_macs, f) for r in order)
+
+
 def replace(path: Path, begin: str, end: str, body: str) -> None:
     text = path.read_text()
     if begin not in text or end not in text:
@@ -127,10 +171,13 @@ def main() -> None:
     args = ap.parse_args()
     r20_macs = bs.dense_macs(bs.create_model("resnet20"), (3, 32, 32))
     runs = load_runs(args.results)
+    finetune = args.results.parent / "cifar10_finetune"
     body = {"RESULTS.md": tables(runs, r20_macs), "README.md": headline(runs, r20_macs)}
-    for file, text in body.items():
+    if finetune.is_dir():
+        body["finetune"] = finetune_table(load_runs(finetune), r20_macs)
+    for key, text in body.items():
         if args.write:
-            replace(ROOT / file, *MARKERS[file], text)
+            replace(ROOT / ("RESULTS.md" if key == "finetune" else key), *MARKERS[key], text)
         else:
             print(text, end="\n\n")
 
