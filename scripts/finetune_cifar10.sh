@@ -8,6 +8,7 @@
 # Each run trains in runs/ft/<run>; its summary, log and config are copied to results/cifar10_finetune/<run>/.
 #
 #   E=15 F=4 L0="0.001 0.002" THREADS=1 bash scripts/finetune_cifar10.sh dense resnet20 finetune analyze
+# BS=0.2 sets the batch-shaping weight of the fine-tunes (default: the recipe's 0.75; named in the run).
 #
 # Steps run in the order given; a step whose run already finished is skipped, a killed one resumes.
 set -euo pipefail
@@ -17,6 +18,9 @@ F=${F:-4}
 L0=${L0:-"0.001 0.002"}
 DATA=${DATA:-../shared/data/cifar10}
 THREADS=${THREADS:-}
+BS=${BS:-}
+bs_set=()
+[ -n "$BS" ] && bs_set=(--set "loss.bs_weight=$BS")
 threads=()
 [ -n "$THREADS" ] && threads=(--set "threads=$THREADS")
 
@@ -34,7 +38,7 @@ train() {  # run-name, then the arguments of a new run
   cp "$out/summary.json" "$out/log.jsonl" "$out/config.yaml" "results/cifar10_finetune/$run/"
 }
 
-finetuned() { for w in $L0; do echo "gated_resnet32_ft${F}_l0_${w}_from_resnet32_e${E}"; done; }
+finetuned() { for w in $L0; do echo "gated_resnet32_ft${F}${BS:+_bs$BS}_l0_${w}_from_resnet32_e${E}"; done; }
 
 for step in "$@"; do
   case $step in
@@ -42,8 +46,8 @@ for step in "$@"; do
     resnet20) train "resnet20_e$((E + F))" --config cifar10_resnet20_cpu --set epochs="$((E + F))" ;;
     finetune)
       for w in $L0; do
-        train "gated_resnet32_ft${F}_l0_${w}_from_resnet32_e$E" --config cifar10_gated_resnet32_finetune \
-          --set epochs="$F" --set loss.l0_weight="$w" --set pretrained="runs/ft/resnet32_e$E/best.pt"
+        train "gated_resnet32_ft${F}${BS:+_bs$BS}_l0_${w}_from_resnet32_e$E" --config cifar10_gated_resnet32_finetune \
+          --set epochs="$F" --set loss.l0_weight="$w" --set pretrained="runs/ft/resnet32_e$E/best.pt" "${bs_set[@]}"
       done ;;
     analyze)
       for run in $(finetuned); do

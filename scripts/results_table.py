@@ -133,7 +133,8 @@ def finetune_row(r: dict, r20_macs: float, f: int) -> str:
         gates = "{:.1f} / {:.1f} / {:.1f}".format(
             *(100 * s[k] for k in ("gates_always_on", "gates_always_off", "gates_conditional"))
         )
-        cmd = f'E={e0} F={s["epochs"]} L0="{l0}" bash scripts/finetune_cifar10.sh finetune'
+        bs_env = "" if loss["bs_weight"] == 0.75 else f"BS={loss['bs_weight']} "
+        cmd = f'{bs_env}E={e0} F={s["epochs"]} L0="{l0}" bash scripts/finetune_cifar10.sh finetune'
     else:
         bs = l0 = gates = "-"
         n = s["epochs"]
