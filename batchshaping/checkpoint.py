@@ -232,5 +232,6 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
             f"pretrained weights {str(path)!r} do not fit the model: {'; '.join(problems)}. They must come "
             "from the same architecture (e.g. resnet32 for gated_resnet32) with as many classes"
         )
-    target.load_state_dict(state, strict=False)
-    return {"missing": [k for k in own if k not in state], "skipped": skipped}
+    target.load_state_dict(state, strict=False)  # BN fills in a missing num_batches_tracked itself
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    return {"missing": missing, "skipped": skipped}

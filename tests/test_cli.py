@@ -35,7 +35,8 @@ def test_resume_continues_a_non_default_recipe_with_its_own_config_and_data(
     tmp_path, cifar_dir, monkeypatch, capsys
 ):
     monkeypatch.delenv("BATCHSHAPING_DATA", raising=False)
-    recipe = ["train", "--config", "cifar10_gated_resnet32_cpu", "--data-dir", str(cifar_dir), *sets(*SMALL)]
+    small = [*SMALL, "data.train_subset=128", "data.test_subset=100", "data.eval_batch_size=100"]
+    recipe = ["train", "--config", "cifar10_gated_resnet32_cpu", "--data-dir", str(cifar_dir), *sets(*small)]
     assert main([*recipe, "--out", str(tmp_path / "full")]) == 0
     kill_in_epoch(monkeypatch, 2)
     assert main([*recipe, "--out", str(tmp_path / "run")]) == 130
