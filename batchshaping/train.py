@@ -256,11 +256,13 @@ def fit(
     logger = _Logger(out, main)
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"
     if main:
-        print(
-            f"{f'run folder {out}' if out else 'no run folder'}: {cfg.model} ({cfg.name}) on {device} "
-            f"({precision}), epochs {state.epoch + 1}-{cfg.epochs}, {len(train_loader)} steps each",
-            flush=True,
+        todo = (
+            f"epochs {state.epoch + 1}-{cfg.epochs}, {len(train_loader)} steps each"
+            if state.epoch < cfg.epochs
+            else f"all {cfg.epochs} epochs are done, nothing to train"
         )
+        where = f"run folder {out}" if out else "no run folder"
+        print(f"{where}: {cfg.model} ({cfg.name}) on {device} ({precision}), {todo}", flush=True)
     bar = _progress_bar(cfg, len(train_loader), state.epoch) if main else None
     t_start, wall_before = time.perf_counter(), state.wall_time_s
     try:
