@@ -256,13 +256,7 @@ def fit(
     logger = _Logger(out, main)
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"
     if main:
-        todo = (
-            f"epochs {state.epoch + 1}-{cfg.epochs}, {len(train_loader)} steps each"
-            if state.epoch < cfg.epochs
-            else f"all {cfg.epochs} epochs are done, nothing to train"
-        )
-        where = f"run folder {out}" if out else "no run folder"
-        print(f"{where}: {cfg.model} ({cfg.name}) on {device} ({precision}), {todo}", flush=True)
+        _announce(out, cfg, device, precision, state.epoch, len(train_loader))
     bar = _progress_bar(cfg, len(train_loader), state.epoch) if main else None
     t_start, wall_before = time.perf_counter(), state.wall_time_s
     try:
@@ -388,6 +382,19 @@ def _wrap(model: nn.Module, cfg: TrainConfig, device: torch.device, world_size: 
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
     return net
+
+
+def _announce(
+    out: Path | None, cfg: TrainConfig, device: torch.device, precision: str, done: int, steps: int
+) -> None:
+    """The run's first line: where it writes, what it trains, on what, and what is left."""
+    todo = (
+        f"epochs {done + 1}-{cfg.epochs}, {steps} steps each"
+        if done < cfg.epochs
+        else f"all {cfg.epochs} epochs are done, nothing to train"
+    )
+    where = f"run folder {out}" if out else "no run folder"
+    print(f"{where}: {cfg.model} ({cfg.name}) on {device} ({precision}), {todo}", flush=True)
 
 
 def _where(device: torch.device, precision: str, world_size: int) -> dict[str, Any]:
