@@ -33,11 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from files import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 CARRIED = REPO / ".devdata"
 STASH = Path(os.environ.get("BS_DEVDATA_TMP", "/tmp/bsdev"))
-MIB = 1 << 20
 MARKER = "ASSEMBLED.json"
 
 
@@ -47,14 +47,6 @@ class Missing(SystemExit):
     def __init__(self, msg: str) -> None:
         print(f"assemble: {msg}", file=sys.stderr, flush=True)
         super().__init__(3)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(4 * MIB), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(stash: Path) -> dict:

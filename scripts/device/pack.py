@@ -40,19 +40,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from files import MIB, sha256_file
+
 REPO = Path(__file__).resolve().parents[2]
-MIB = 1 << 20
 FILE_LIMIT = 15 * MIB  # the tool returns files up to 16 MiB
 TOTAL_LIMIT = 60 * MIB  # of 64 MiB in all; run.log and the manifest come on top
 MAX_FILES = 8
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(4 * MIB), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def source_digest(root: Path = REPO) -> str:

@@ -33,11 +33,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from files import MIB, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = ".devdata"  # relative to the repository root; git-ignored
 FORMAT = "batchshaping-devdata-v1"
-MIB = 1 << 20
 CALL_LIMIT = 64 * MIB  # what one device call may carry, working tree included
 IMAGE_BYTES = 32 * 32 * 3
 # xz filter chain: byte distance 3 (one RGB pixel) before LZMA2. Stored in the manifest; assemble.py
@@ -56,14 +56,6 @@ DEFAULT_RUNS = "resnet20 resnet32 gated_resnet32_bs_l0_0.001 gated_resnet32_bs10
 
 def sha256_bytes(b: bytes | memoryview) -> str:
     return hashlib.sha256(b).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(4 * MIB), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_arrays(src: Path) -> dict[str, np.ndarray]:
