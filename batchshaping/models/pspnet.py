@@ -3,7 +3,7 @@
 The backbone is :class:`~batchshaping.models.resnet.ResNet` with ``replace_stride_with_dilation=(False,
 True, True)`` (output stride 8) and without its pooling/classifier; its parameters live under
 ``backbone.`` with torchvision's names, so ImageNet weights (a torchvision file or one of our ImageNet
-runs) load into ``model.backbone`` (see :func:`batchshaping.tasks.load_pretrained`).
+runs) load into ``model.backbone`` (see :func:`batchshaping.checkpoint.load_pretrained`).
 
 Head: pyramid pooling over bins (1, 2, 3, 6) (each: adaptive average pool -> 1x1 conv to C/4 -> BN ->
 ReLU -> bilinear upsampling), concatenated with the features -> 3x3 conv 512 -> BN -> ReLU -> dropout 0.1
