@@ -12,8 +12,9 @@ so they get no gradient.
 Everything is torch ops on the input's device, with no host synchronisation on accelerators: ranks come
 from ``torch.sort`` along the batch dimension, and :class:`BetaPrior` interpolates its CDF in a table it
 builds once (float32 inputs) or evaluates it exactly by continued fraction (float64 inputs). The one
-exception is eager float32 on CPU, where ``torch.sort`` is slow (~25 ms for (256, 2048), twice the rest of
-the loss): there numpy sorts exact int64 keys (value bits, row index) and gives the same ranks.
+exception is eager float32 on CPU, where ``torch.sort`` costs twice the rest of the loss
+(benchmarks/README.md, "BatchShapingLoss"): there numpy sorts exact int64 keys (value bits, row index) and
+gives the same ranks.
 """
 
 from __future__ import annotations
