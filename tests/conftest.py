@@ -1,3 +1,5 @@
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,24 @@ def tiny_config(**overrides) -> TrainConfig:
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
+
+
+@contextlib.contextmanager
+def killed_in_epoch(n: int) -> Iterator[None]:
+    """Ctrl-C (KeyboardInterrupt) at the start of epoch ``n`` (1-based) of a training inside the block, after
+    epoch n - 1's checkpoint; the real epoch loop is back afterwards."""
+    import batchshaping.train as train_mod
+
+    real, calls = train_mod.train_epoch, []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    train_mod.train_epoch = killed
+    try:
+        yield
+    finally:
+        train_mod.train_epoch = real

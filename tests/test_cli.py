@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-import batchshaping.train as train_mod
 from batchshaping.checkpoint import load_checkpoint
 from batchshaping.cli import main
+from tests.conftest import killed_in_epoch
 
 SMALL = ["epochs=2", "data.train_subset=256", "data.test_subset=200", "data.batch_size=64", "progress=false"]
 SMALL += ["precision=fp32", "data.eval_batch_size=200"]
@@ -18,19 +18,6 @@ def sets(*items: str) -> list[str]:
     return sum((["--set", s] for s in items), [])
 
 
-def kill_in_epoch(monkeypatch, n: int) -> None:
-    """Ctrl-C at the start of epoch ``n`` (1-based) of the next training."""
-    real, calls = train_mod.train_epoch, []
-
-    def killed(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == n:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "train_epoch", killed)
-
-
 def test_resume_continues_a_non_default_recipe_with_its_own_config_and_data(
     tmp_path, cifar_dir, monkeypatch, capsys
 ):
@@ -38,10 +25,9 @@ def test_resume_continues_a_non_default_recipe_with_its_own_config_and_data(
     small = [*SMALL, "data.train_subset=128", "data.test_subset=100", "data.eval_batch_size=100"]
     recipe = ["train", "--config", "cifar10_gated_resnet32_cpu", "--data-dir", str(cifar_dir), *sets(*small)]
     assert main([*recipe, "--out", str(tmp_path / "full")]) == 0
-    kill_in_epoch(monkeypatch, 2)
-    assert main([*recipe, "--out", str(tmp_path / "run")]) == 130
+    with killed_in_epoch(2):
+        assert main([*recipe, "--out", str(tmp_path / "run")]) == 130
     assert f"batchshaping train --out {tmp_path / 'run'} --resume" in capsys.readouterr().err
-    monkeypatch.undo()
     config_text = (tmp_path / "run" / "config.yaml").read_text()
     monkeypatch.chdir(tmp_path)  # neither the data folder nor the recipe is given again
     assert main(["train", "--out", "run", "--resume"]) == 0

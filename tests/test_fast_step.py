@@ -19,7 +19,7 @@ from batchshaping.models import GateConfig
 from batchshaping.models.cifar_resnet import CifarResNet
 from batchshaping.tasks import ClassificationTask
 from batchshaping.train import TrainStep, fit, schedule, sgd
-from tests.conftest import tiny_config, tiny_data
+from tests.conftest import killed_in_epoch, tiny_config, tiny_data
 
 # Float tolerance of fast vs eager: the same float32 ops up to rounding order (the update multiplies by
 # -lr, then adds; SGD adds with alpha in one kernel), a few ulp after a few steps.
@@ -381,19 +381,8 @@ def test_fit_with_the_captured_step_matches_eager_and_resumes_exactly(
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
 
-    real_epoch = train_mod.train_epoch
-    calls = []
-
-    def killed(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "train_epoch", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_epoch(2), pytest.raises(KeyboardInterrupt):
         fit_run(tmp_path / "killed")
-    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
     resumed = fit_run(tmp_path / "killed", resume=True)
     for key in ("top1", "test_loss", "macs_mean", "gates_conditional"):
         assert resumed[key] == full[key], key

@@ -15,7 +15,7 @@ from batchshaping.cli import main
 from batchshaping.models import GateConfig
 from batchshaping.models.cifar_resnet import CifarResNet
 from batchshaping.train import TrainingDiverged, fit
-from tests.conftest import tiny_config, tiny_data
+from tests.conftest import killed_in_epoch, tiny_config, tiny_data
 
 
 def tiny_model(seed: int = 0) -> CifarResNet:
@@ -50,21 +50,10 @@ def test_fit_writes_logs_checkpoints_and_summary(tmp_path):
     assert gates == pytest.approx(1.0)
 
 
-def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(tmp_path, monkeypatch):
+def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(tmp_path):
     full = run(tmp_path / "full")
-    real_epoch = train_mod.train_epoch
-    calls = []
-
-    def killed(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:  # die during the second epoch, after epoch 1's checkpoint
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "train_epoch", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_epoch(2), pytest.raises(KeyboardInterrupt):
         run(tmp_path / "killed")
-    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
     assert load_checkpoint(tmp_path / "killed")["epoch"] == 1
     resumed = run(tmp_path / "killed", resume=True)
     for key in ("top1", "test_loss", "macs_mean", "gates_conditional"):
