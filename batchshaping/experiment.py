@@ -220,6 +220,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """``batchshaping eval``: the task metrics, conditional MACs and gate statistics of a checkpoint on its
     data set's test split (found as in training: ``data_dir``, else the folder the run was trained on)."""
+    from batchshaping.data import as_loader
     from batchshaping.evaluation import evaluate
     from batchshaping.macs import MacCounter
 
@@ -231,17 +232,9 @@ def evaluate_checkpoint(
     if batch_size is not None:
         cfg.data.eval_batch_size = batch_size
     data = load_data(cfg, data_dir, train=False, class_names=ckpt.get("class_names"))
-    return evaluate(
-        model, test_loader(data, cfg, device), MacCounter(model, data.input_shape), data.task,
-        resolve_precision(cfg.precision, device),
-    )  # fmt: skip
-
-
-def test_loader(data: Data, cfg: TrainConfig, device: torch.device) -> Any:
-    """Normalised test batches on ``device``."""
-    from batchshaping.data import as_loader
-
-    return as_loader(data.test, cfg.data.eval_batch_size, False, device, data.mean, data.std)
+    loader = as_loader(data.test, cfg.data.eval_batch_size, False, device, data.mean, data.std)
+    counter = MacCounter(model, data.input_shape)
+    return evaluate(model, loader, counter, data.task, resolve_precision(cfg.precision, device))
 
 
 def summary_text(s: dict[str, Any]) -> str:
