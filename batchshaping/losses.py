@@ -408,8 +408,9 @@ class BatchShapingLoss(nn.Module):
         # torch.compile) elsewhere, where NaN flags it.
         check = ("raise" if _eager_cpu(x) else "nan") if self.check_inputs else None
         args = (x, self.prior, self.reduction, self.pdf_clip, check)
-        if torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
+        kind = x.device.type  # "meta" (shape checks) has no autocast state to ask
+        if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+            with torch.autocast(kind, enabled=False):
                 return _BatchShapingFunction.apply(*args)
         return _BatchShapingFunction.apply(*args)
 

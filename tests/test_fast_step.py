@@ -347,6 +347,43 @@ def test_config_step_key_and_old_compile_key():
 # ------------------------------------------------------------------------------------------- fit
 
 
+@pytest.mark.parametrize(
+    "name, shape, l0_reduction",
+    [
+        ("gated_resnet32", (3, 32, 32), "sum"),
+        ("gated_resnet32", (3, 32, 32), "macs"),
+        ("resnet20", (3, 32, 32), "sum"),
+        ("gated_resnet18", (3, 64, 64), "sum"),
+        ("gated_pspnet50", (3, 64, 64), "sum"),
+    ],
+)
+def test_the_whole_step_never_reads_values_on_the_host(name, shape, l0_reduction):
+    """What a CUDA graph capture needs from the step: no host sync (.item(), bool(t), .tolist(), a branch
+    on a value), which would stop the capture and leave the run eager. Meta tensors have shapes but no
+    values, so such a read raises on them: three steps (SGD's first, which creates the momentum buffers,
+    then the foreach update) of the fast step's code, forward + CE/mIoU task + batch-shaping + L0 + MAC
+    stats + backward + update, run on "meta" for a dense and a gated CIFAR ResNet, an ImageNet one and
+    the segmentation model. (Autocast has no meta form: the bf16 casts are the one part left unchecked.)"""
+    from batchshaping.models import create_model
+    from batchshaping.tasks import SegmentationTask
+
+    cfg = config_from_dict({"model": name, "loss": {"bs_weight": 0.75, "l0_weight": 0.01}})
+    cfg.loss.l0_reduction = l0_reduction
+    seg = name.endswith("pspnet50")
+    task = SegmentationTask(5, 255) if seg else ClassificationTask()
+    model = create_model(name, num_classes=5)
+    counter = MacCounter(model, shape)  # counts on CPU, then the model leaves for "meta"
+    model.to("meta")
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    fast = fs.FastTrainStep(TrainStep(model, model, sgd(model, cfg), scaler, task, counter, cfg, None), False)
+    x = torch.empty(2, *shape, device="meta")
+    y = torch.empty((2, *shape[1:]) if seg else (2,), dtype=torch.long, device="meta")
+    for lr, w_bs, w_l0 in SCHEDULE[:3]:
+        stats = fast(x, y, lr, w_bs, w_l0)
+    assert stats.shape == (len(train_mod.STATS) + 1,) and stats.device.type == "meta"
+    assert all("momentum_buffer" in fast.optimizer.state[p] for p in model.parameters())
+
+
 def fit_run(out, **kw):
     return fit(tiny_model(), tiny_data(64, 1), tiny_data(32, 2), 4, tiny_config(), out, **kw)
 
