@@ -17,6 +17,12 @@ uncompressed, then loads it with the package's own load_cifar10 (50,000 / 10,000
 --no-loader-check. A second run with the same manifest finds the marker and does nothing. --probe prints
 the Python, torch and CUDA versions and which optional packages import. Needs only numpy (and torch for
 the loader check). Exit status 3: pieces missing or corrupt.
+
+Runs carried from an earlier session (stage.py: .devdata/resume.json and .devdata/resume/<run>.tar, each
+a stopped run's folder: last.pt, log.jsonl, config.yaml) are stashed the same way, and the last call
+restores them into runs/repro/<run>/, where reproduce_cifar10.sh resumes them; a run folder that is
+already further along there (a rerun on the same machine) is kept. A listed run whose tarball is missing
+or corrupt is an error too (exit 3): it would otherwise start again from epoch 0.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import lzma
 import os
 import shutil
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 CARRIED = REPO / ".devdata"
 STASH = Path(os.environ.get("BS_DEVDATA_TMP", "/tmp/bsdev"))
 MARKER = "ASSEMBLED.json"
+RESUME = "resume"  # .devdata/resume.json, .devdata/resume/<run>.tar; the same names in the stash
 
 
 class Missing(SystemExit):
@@ -92,6 +100,63 @@ def stash_pieces(m: dict, stash: Path) -> tuple[list[str], list[str]]:
         else:
             missing.append(name)
     return present, missing
+
+
+def stash_runs(stash: Path) -> dict | None:
+    """Keep the carried run tarballs (checked against resume.json) in the stash; return the resume list
+    (the carried one, else the stash's), None if this session carries no runs."""
+    carried, kept = CARRIED / f"{RESUME}.json", stash / f"{RESUME}.json"
+    folder = stash / RESUME
+    if carried.is_file():
+        r = json.loads(carried.read_text())
+        if kept.is_file() and json.loads(kept.read_text()).get("id") != r["id"]:
+            shutil.rmtree(folder, ignore_errors=True)  # another staging's tarballs
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(carried, kept)
+    elif kept.is_file():
+        r = json.loads(kept.read_text())
+    else:
+        return None
+    for e in r["runs"]:
+        src, dest = CARRIED / RESUME / e["file"], folder / e["file"]
+        if src.is_file() and not dest.is_file():
+            if src.stat().st_size != e["bytes"] or sha256_file(src) != e["sha256"]:
+                print(f"assemble: {src} is corrupt (size or sha256 differs from resume.json); ignored")
+                continue
+            tmp = folder / f".{e['file']}.tmp"
+            shutil.copyfile(src, tmp)
+            tmp.replace(dest)
+    have = [e["run"] for e in r["runs"] if (folder / e["file"]).is_file()]
+    print(f"assemble: {len(have)} of {len(r['runs'])} carried runs in {folder}")
+    return r
+
+
+def restore_runs(r: dict, stash: Path, repro: Path) -> None:
+    """Unpack each carried run into repro/<run>/ unless the folder there is as far along already."""
+    for e in r["runs"]:
+        tar_path = stash / RESUME / e["file"]
+        if not tar_path.is_file() or sha256_file(tar_path) != e["sha256"]:
+            raise Missing(
+                f"carried run {e['run']} ({e['file']}) is missing or corrupt: it would start again from "
+                "epoch 0. Make the staging calls of scripts/device/README.md again, back to back."
+            )
+        dest = repro / e["run"]
+        log = dest / "log.jsonl"
+        here = sum(1 for line in log.read_text().splitlines() if line.strip()) if log.is_file() else 0
+        if (dest / "last.pt").is_file() and here >= e["epoch"]:
+            print(f"assemble: {dest} is at epoch {here} already (carried: {e['epoch']}); kept")
+            continue
+        with tarfile.open(tar_path) as tar:
+            members = tar.getmembers()
+            prefix = f"runs/repro/{e['run']}/"
+            if any(not m.isfile() or not m.name.startswith(prefix) or ".." in m.name for m in members):
+                raise Missing(f"{e['file']} holds files outside {prefix}")
+            dest.mkdir(parents=True, exist_ok=True)
+            for m in members:
+                f = tar.extractfile(m)
+                assert f is not None
+                (dest / Path(m.name).name).write_bytes(f.read())
+        print(f"assemble: {dest} restored at epoch {e['epoch']}: the run resumes there")
 
 
 def decompress(stash: Path, p: dict) -> bytes:
@@ -173,6 +238,7 @@ def main() -> None:
     print(f"assemble: manifest {m['id']}: {len(present)} of {n} pieces in {STASH} ({time.time() - t0:.1f} s)")
     if missing:
         print(f"assemble: still missing: {', '.join(missing)}")
+    runs = stash_runs(STASH)
     if args.probe:
         probe()
     if args.stash:
@@ -184,6 +250,8 @@ def main() -> None:
             "staging calls of scripts/device/README.md again, back to back."
         )
     out = assemble(m, STASH, args.loader_check)
+    if runs is not None:
+        restore_runs(runs, STASH, REPO / "runs" / "repro")
     print(f"assemble: data ready in {out} ({time.time() - t0:.1f} s in all)")
 
 

@@ -5,11 +5,14 @@
 #   nice -n 10 bash scripts/device/dry_run.sh [run ...]      # default runs: resnet20 gated_resnet32_bs10_l0_0.001
 #
 # The copy holds what travels (tracked and untracked-not-ignored files; FROM=head: the last commit plus
-# scripts/device/), each call gets only its carry paths in .devdata/, the pieces are stashed in a temporary
-# folder (not /tmp/bsdev), and the last call runs scripts/device/run.sh with DEVICE=cpu EPOCHS=1 SUBSET=512
-# SMOKE_TRAIN=512 PARALLEL=1 DEADLINE_S=300 (each may be set in the environment). FRESH=1 skips the
-# staging calls: the last call must then fail in the assemble phase and still pack. Prints the files of each
-# call's $OUT, their sizes and the manifest; leaves everything in the folder it names (delete it after).
+# scripts/device/), each call gets only its carry paths in .devdata/ (carried runs included), the pieces are
+# stashed in a temporary folder (not /tmp/bsdev), the benchmark call runs bench_train_gpu --dry-run, and the
+# last call runs scripts/device/run.sh with DEVICE=cpu RECIPE=paper EPOCHS=1 SUBSET=512 SMOKE_TRAIN=512
+# PARALLEL=1 DEADLINE_S=300 (each may be set in the environment). FRESH=1 skips the staging calls: the last
+# call must then fail in the assemble phase and still pack. Prints the files of each call's $OUT, their
+# sizes and the manifest; leaves everything in the folder it names (delete it after). A second session
+# that resumes cut runs: stage with --device cpu after `pack.py unpack` of the first one's last $OUT (in a
+# scratch clone: unpack writes into the repository), then dry-run again with the same RECIPE and EPOCHS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -38,8 +41,9 @@ for k in $(seq 1 "$n"); do
   out=$SIM/out$k
   mkdir -p "$out"
   if [ "$k" -eq "$n" ]; then  # the job, small and on CPU
-    cmd="EPOCHS=${EPOCHS:-1} PARALLEL=${PARALLEL:-1} DEADLINE_S=${DEADLINE_S:-300} bash scripts/device/run.sh ${RUN_ARGS[*]}"
+    cmd="RECIPE=${RECIPE:-paper} EPOCHS=${EPOCHS:-1} PARALLEL=${PARALLEL:-1} DEADLINE_S=${DEADLINE_S:-300} bash scripts/device/run.sh ${RUN_ARGS[*]}"
   fi
+  cmd=${cmd/bench_train_gpu /bench_train_gpu --dry-run }  # the benchmark's logic on CPU
   echo "=== call $k/$n: carry ${carry[*]}; command: $cmd"
   start=$SECONDS
   set +e

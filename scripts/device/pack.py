@@ -11,18 +11,24 @@
     results.tar.gz   results/cifar10/<run>/{summary.json,log.jsonl,config.yaml,device.json,analysis/}
                      (<run>_stopped/ for a run the deadline cut: no summary), results/cifar10/<compare>/,
                      device/{manifest.json,phases.tsv,commands.txt,env.json,logs/,smoke/}
-    weights.tar      runs/repro/<run>/last.pt (the full checkpoint: resumable) for every run that has one;
-                     model.pt (model weights, config and metrics, no optimizer state) instead where the full
-                     checkpoints do not fit; cut into weights.tar.partNN (15 MiB) when over 15 MiB
+    weights.tar      runs/repro/<run>/last.pt (the full checkpoint: resumable) with the run's log.jsonl and
+                     config.yaml, for every run that has one (a stopped run's folder, which a later session
+                     carries back to resume it: stage.py); model.pt (model weights, config and metrics, no
+                     optimizer state) instead where the full checkpoints do not fit; cut into
+                     weights.tar.partNN (15 MiB) when over 15 MiB
     manifest.json    per run: status, epochs done, the exact train command, weights sha256, wall times,
-                     top-1, MAC ratio; the device, the phases' wall times, the source digest, every file's
-                     sha256
+                     top-1, MAC ratio, the training step's path (eager / captured / compiled, from the run's
+                     log) and its epoch times in this job; the device, the phases' wall times, the source
+                     digest, every file's sha256
     run.log          (written by run.sh itself, still growing while this runs: not in the sums)
 
 Here, `pack.py unpack DIR` checks every returned file against manifest.json and the weights against their
 sums, then writes results/ where it is committed, the weights into runs/repro/ where the benchmarks and
 `batchshaping analyze` look for them (never committed) and device/ into runs/device/returned_<time>/; it
-refuses to overwrite a file that exists with other contents unless --force.
+refuses to overwrite a file that exists with other contents unless --force, except where a run came back
+further than it is here (runs/repro/<run>/ and results/.../<run>_stopped/ of a run resumed from an earlier
+session). It appends one record per run and job to benchmarks/results/train_runs_gpu.jsonl: the model,
+GPU, step path, median epoch time and how many runs shared the GPU.
 """
 
 from __future__ import annotations
@@ -172,14 +178,54 @@ def train_commands(work: Path) -> dict[str, str]:
     return out
 
 
-def last_record(log: Path) -> dict[str, Any] | None:
+def last_record(log: Path, key: str | None = None) -> dict[str, Any] | None:
+    """The log's last record (that has ``key``, if given)."""
     if not log.is_file():
         return None
-    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-    try:
-        return json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        return None
+    for line in reversed(log.read_text().splitlines()):
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if key is None or key in r:
+            return r
+    return None
+
+
+def speed(log: Path, start: int, *run_logs: Path) -> dict[str, Any]:
+    """The training step's path (the last "training step: <path> (...)" line of the run's output) and the
+    epoch times of this job: wall_time_s differences of the log's records from ``start`` on (the records
+    there before the job: a run resumed from an earlier session), after the first epoch the job trained
+    (that one holds the start, warm-up and capture: ``first_epoch_s``). The median includes the evaluation
+    epochs (every eval_every) but is set by the others."""
+    path = precision = None
+    for f in run_logs:
+        if f.is_file():
+            for line in f.read_text(errors="replace").splitlines():
+                if line.startswith("training step: "):
+                    path = line.removeprefix("training step: ").split(" ")[0]
+                elif line.startswith("run folder ") and ") on " in line and line.endswith("each"):
+                    precision = line.split(") on ", 1)[1].split("(", 1)[1].split(")")[0]
+            break
+    records = []
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    times = [float(r["wall_time_s"]) for r in records if "wall_time_s" in r]
+    job = times[start:]
+    first = job[0] - (times[start - 1] if start > 0 else 0.0) if job else None
+    diffs = sorted(b - a for a, b in zip(job, job[1:], strict=False))
+    median = diffs[len(diffs) // 2] if diffs else None
+    return {
+        "step_path": path,
+        "step_precision": precision,
+        "epochs_this_job": len(job),
+        "first_epoch_s": round(first, 2) if first is not None else None,
+        "median_epoch_s": round(median, 3) if median is not None else None,
+    }
 
 
 def model_only(src: Path, dest: Path) -> None:
@@ -222,6 +268,7 @@ def pack(args: argparse.Namespace) -> None:
     work, out, repro = Path(args.work), Path(args.out), Path(args.repro)
     out.mkdir(parents=True, exist_ok=True)
     runs = read_tsv(work / "runs.tsv")  # name, folder
+    before = dict(read_tsv(work / "resumed.tsv"))  # folder -> records in its log.jsonl before this job
     commands = train_commands(work)
     env = read_json(work / "env.json") or {}
     phases = {
@@ -238,6 +285,7 @@ def pack(args: argparse.Namespace) -> None:
         rdir = repro / folder
         summary = read_json(rdir / "summary.json")
         last = last_record(rdir / "log.jsonl")
+        evaluated = last_record(rdir / "log.jsonl", "top1")  # the paper's recipe evaluates every 5 epochs
         ckpt = rdir / "last.pt"
         epochs_done = int(last["epoch"]) if last and "epoch" in last else 0
         if summary:
@@ -259,8 +307,9 @@ def pack(args: argparse.Namespace) -> None:
             "device": (summary or {}).get("machine") or env.get("gpu"),
             "precision": (summary or {}).get("precision"),
             "train_wall_time_s": (summary or last or {}).get("wall_time_s"),
-            "top1": (summary or last or {}).get("top1"),
-            "mac_ratio": (summary or last or {}).get("mac_ratio"),
+            "top1": (summary or evaluated or {}).get("top1"),
+            "mac_ratio": (summary or evaluated or {}).get("mac_ratio"),
+            "evaluated_epoch": (evaluated or {}).get("epoch"),
             "analysis": (work / "analysis" / folder / "report.md").is_file(),
             "weights": None,
         }
@@ -274,6 +323,8 @@ def pack(args: argparse.Namespace) -> None:
             layout.append((work / "analysis" / folder, (dest / "analysis").as_posix()))
         if ckpt.is_file():
             e["weights"] = {"source": ckpt, "file": f"runs/repro/{folder}/last.pt", "kind": "full checkpoint"}
+        logs = (repro / f"{folder}.log", work / "logs" / f"train_{folder}.log")
+        e.update(speed(rdir / "log.jsonl", int(before.get(folder, 0)), *logs))
 
     # weights: full checkpoints if they fit, else model-only copies (largest first) until they do
     small = sum(f.stat().st_size for src, _ in layout for f in ([src] if src.is_file() else src.rglob("*")))
@@ -353,6 +404,10 @@ def pack(args: argparse.Namespace) -> None:
         with tarfile.open(w_path, "w") as tar:
             for e in with_w:
                 tar.add(e["weights"]["source"], e["weights"]["file"])
+                if e["weights"]["kind"] == "full checkpoint":  # the rest of a resumable run folder
+                    for f in ("log.jsonl", "config.yaml"):
+                        if (repro / e["run"] / f).is_file():
+                            tar.add(repro / e["run"] / f, f"runs/repro/{e['run']}/{f}")
         w_parts = split(w_path)
         room = MAX_FILES - 2 - len(files)  # run.log and manifest.json
         if len(w_parts) > room:
@@ -391,6 +446,70 @@ def _joined(d: Path, name: str, tmp: Path) -> Path | None:
         for part in parts:
             f.write(part.read_bytes())
     return tmp
+
+
+SPEED_LOG = "benchmarks/results/train_runs_gpu.jsonl"
+
+
+def local_epochs(run: str) -> int:
+    """Epochs of ``run`` here: the records of its newest log.jsonl (run folder or results/..._stopped)."""
+    best = 0
+    for folder in (REPO / "runs" / "repro" / run, REPO / "results" / "cifar10" / f"{run}_stopped"):
+        log = folder / "log.jsonl"
+        if log.is_file():
+            best = max(best, sum(1 for line in log.read_text().splitlines() if line.strip()))
+    return best
+
+
+def newer_runs(runs: list[dict[str, Any]]) -> set[str]:
+    """Runs that came back further than they are here (a run carried to the device and resumed there)."""
+    return {e["run"] for e in runs if e["epochs_done"] and e["epochs_done"] >= local_epochs(e["run"])}
+
+
+def _superseded(target: Path, further: set[str]) -> bool:
+    """A file that a further-trained copy of its run may replace: the run folder or its _stopped results."""
+    parts = target.parts
+    if parts[:2] == ("runs", "repro") and len(parts) > 3:
+        return parts[2] in further
+    if parts[0] == "results" and len(parts) > 3 and parts[2].endswith("_stopped"):
+        return parts[2].removesuffix("_stopped") in further
+    return False
+
+
+def speed_records(m: dict[str, Any]) -> int:
+    """Append one record per run that trained in this job to SPEED_LOG (skipped if already there)."""
+    path = REPO / SPEED_LOG
+    seen = set()
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        r = json.loads(line)
+        seen.add((r.get("run"), r.get("job_utc")))
+    concurrent = sum(1 for e in m["runs"] if e.get("epochs_this_job"))
+    settings = m.get("settings") or {}
+    added = 0
+    with open(path, "a") as f:
+        for e in m["runs"]:
+            if not e.get("median_epoch_s"):
+                continue
+            rec = {
+                "kind": "run",
+                "run": e["run"],
+                "model": (e.get("name") or "").split("_bs")[0].split("_l0")[0],
+                "device": (m.get("device") or {}).get("gpu") or "cpu",
+                "path": e.get("step_path"),
+                "median_epoch_s": e["median_epoch_s"],
+                "first_epoch_s": e.get("first_epoch_s"),
+                "epochs_this_job": e["epochs_this_job"],
+                "concurrent": concurrent if settings.get("PARALLEL") == "1" else 1,
+                "precision": e.get("precision") or e.get("step_precision"),
+                "job_utc": m["created_utc"],
+                "torch": (m.get("device") or {}).get("torch"),
+                "source_digest": m.get("source_digest"),
+            }
+            if (e["run"], m["created_utc"]) in seen:
+                continue
+            f.write(json.dumps(rec) + "\n")
+            added += 1
+    return added
 
 
 def unpack(args: argparse.Namespace) -> None:
@@ -433,7 +552,12 @@ def unpack(args: argparse.Namespace) -> None:
                     if member.name in weights and hashlib.sha256(data).hexdigest() != weights[member.name]:
                         sys.exit(f"unpack: {member.name}: sha256 differs from the manifest")
                     plan.append((target, data))
-    clash = [t for t, data in plan if (REPO / t).is_file() and (REPO / t).read_bytes() != data]
+    further = newer_runs(m["runs"])
+    clash = [
+        t
+        for t, data in plan
+        if (REPO / t).is_file() and (REPO / t).read_bytes() != data and not _superseded(t, further)
+    ]
     if clash and not args.force:
         listing = "\n  ".join(str(t) for t in clash[:20])
         sys.exit(
@@ -443,11 +567,18 @@ def unpack(args: argparse.Namespace) -> None:
         (REPO / target).parent.mkdir(parents=True, exist_ok=True)
         (REPO / target).write_bytes(data)
     folders = sorted({Path(*t.parts[:3]).as_posix() for t, _ in plan if t.parts[0] == "results"})
-    print(f"unpack: {len(plan)} files written under {REPO}")
+    records = speed_records(m)
+    print(f"unpack: {len(plan)} files written under {REPO}; {records} speed records added to {SPEED_LOG}")
     for e in m["runs"]:
         w = (e["weights"] or {}).get("file")
         done = f"{e['epochs_done']}/{e['epochs']} epochs"
-        print(f"  {e['run']}: {e['status']}, {done}, top1 {e['top1']}, weights {w}")
+        pace = f", {e['median_epoch_s']} s/epoch ({e['step_path']})" if e.get("median_epoch_s") else ""
+        print(f"  {e['run']}: {e['status']}, {done}, top1 {e['top1']}, weights {w}{pace}")
+        old = Path("results", "cifar10", f"{e['run']}_stopped")
+        if e["status"] == "complete" and (REPO / old).is_dir():
+            print(f"    {old}/ is superseded by the finished run: git rm -r {old}")
+    if records:
+        folders.append(SPEED_LOG)
     if folders:
         print("to commit (weights stay in runs/, ignored):")
         print(f"  git add {' '.join(folders)}")

@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
 # Run ON the device machine, in the repository root, as the LAST call of scripts/device/README.md:
 #
-#   EPOCHS=36 PARALLEL=1 DEADLINE_S=540 bash scripts/device/run.sh [run ...]
+#   RECIPE=paper PARALLEL=1 DEADLINE_S=540 bash scripts/device/run.sh [run ...]   # the paper's 500 epochs
+#   EPOCHS=36 PARALLEL=1 DEADLINE_S=540 bash scripts/device/run.sh [run ...]        # the short protocol
 #
 # One command, in phases, each under the deadline: assemble the data (scripts/device/assemble.py, which
 # also stashes the piece carried by this call), print the machine (nvidia-smi, torch/CUDA, packages), a
 # smoke check (one short epoch of gated_resnet32 on a training subset through `python -m batchshaping
 # train`; the job stops here if it fails), the runs (scripts/reproduce_cifar10.sh with the run names given
-# as arguments or in RUNS, its EPOCHS / PARALLEL / SEED / DEVICE), `batchshaping analyze` of every gated run
-# that has a checkpoint, `batchshaping compare` of the finished runs, and, always (EXIT trap), the packing
+# as arguments or in RUNS, its RECIPE / EPOCHS / PARALLEL / SEED / DEVICE; runs carried from an earlier
+# session, restored by assemble.py into runs/repro/, resume), `batchshaping analyze` of every gated run
+# that has a checkpoint (RECIPE=paper: that finished), `batchshaping compare` of the finished runs, and,
+# always (EXIT trap), the packing
 # of whatever finished into $OUT by scripts/device/pack.py: results.tar.gz, weights.tar(.partNN),
 # manifest.json, plus run.log (this script's whole output, written as it goes).
 #
 # The whole command ends within DEADLINE_S seconds (default 540; give the tool timeout_s=600): training is
-# stopped (timeout, whole process group) RESERVE_S seconds (default 90) before the deadline, so that the
-# analysis, the comparison and the packing still fit; a run stopped that way keeps its last finished epoch
-# (last.pt, log.jsonl) and is packed as <run>_stopped. Called again on the same warm machine the script
-# resumes stopped runs (reproduce_cifar10.sh passes --resume when runs/repro/<run>/last.pt exists).
+# stopped (timeout, whole process group) RESERVE_S seconds before the deadline (default 90; 45 with
+# RECIPE=paper, whose runs mostly end cut: they are analysed when they finish, here or after unpacking), so
+# that the analysis, the comparison and the packing still fit; a run stopped that way keeps its last
+# finished epoch (last.pt, log.jsonl) and is packed as <run>_stopped, with its run folder in weights.tar:
+# a later session carries it back (stage.py) and it resumes. Called again on the same warm machine the
+# script resumes stopped runs too (reproduce_cifar10.sh passes --resume when runs/repro/<run>/last.pt exists).
 #
-# Environment (defaults): EPOCHS (36), PARALLEL (1: all runs at once), SEED (0), DEVICE (cuda), RUNS (the four
-# runs of RESULTS.md's GPU section), DEADLINE_S (540), RESERVE_S (90), PACK_S (30, kept for packing),
+# Environment (defaults): RECIPE (cpu: the protocol's _cpu recipes; paper: the paper's), EPOCHS (36; paper:
+# 500), PARALLEL (1: all runs at once), SEED (0), DEVICE (cuda), RUNS (cpu: the four runs of RESULTS.md's GPU
+# section; paper: the batch-shaping + L0 bracket of scripts/device/README.md), DEADLINE_S (540), RESERVE_S
+# (90; paper: 45), PACK_S (30, kept for packing),
 # SMOKE (1; 0 skips it), SMOKE_TRAIN (2560 images: 10 steps), SMOKE_TIMEOUT (150), ANALYZE (1),
 # DATA (<stash>/cifar10, from assemble.py; stash = $BS_DEVDATA_TMP or /tmp/bsdev), OUT (set by the tool;
 # runs/device/out otherwise), PYTHON (python3).
@@ -29,7 +36,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 T0=$SECONDS
-EPOCHS=${EPOCHS:-36}
+RECIPE=${RECIPE:-cpu}
+if [ "$RECIPE" = paper ]; then EPOCHS=${EPOCHS:-500}; RESERVE_S=${RESERVE_S:-45}; else EPOCHS=${EPOCHS:-36}; fi
 PARALLEL=${PARALLEL:-1}
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-cuda}
@@ -47,8 +55,11 @@ OUT=${OUT:-runs/device/out}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 REPRO=scripts/reproduce_cifar10.sh
 DEFAULT_RUNS="resnet20 resnet32 gated_resnet32_bs_l0_0.001 gated_resnet32_bs10_l0_0.001"
+# The paper's recipe, most important first (issue: claim (a) at resnet20's MACs): batch-shaping + L0 at three
+# L0 weights around where 36 epochs put resnet20's MACs (0.001 with the 20% phase gave 0.65 of them).
+[ "$RECIPE" = paper ] && DEFAULT_RUNS="gated_resnet32_bs_l0_0.0003 gated_resnet32_bs_l0_0.0006 gated_resnet32_bs_l0_0.001"
 if [ $# -gt 0 ]; then RUN_NAMES=("$@"); else read -r -a RUN_NAMES <<<"${RUNS:-$DEFAULT_RUNS}"; fi
-export EPOCHS PARALLEL SEED DEVICE DATA
+export RECIPE EPOCHS PARALLEL SEED DEVICE DATA
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 WORK="runs/device/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT" "$WORK/logs" "$WORK/analysis" "$WORK/bin"
@@ -80,8 +91,8 @@ finish() {
   [ "$STATUS" = started ] && STATUS="aborted (exit $rc)"
   begin pack "$PACK_S"
   local settings
-  settings=$(printf '{"EPOCHS": "%s", "PARALLEL": "%s", "SEED": "%s", "DEVICE": "%s", "SUBSET": "%s", "RUNS": "%s"}' \
-    "$EPOCHS" "$PARALLEL" "$SEED" "$DEVICE" "$SUBSET" "${RUN_NAMES[*]}")
+  settings=$(printf '{"RECIPE": "%s", "EPOCHS": "%s", "PARALLEL": "%s", "SEED": "%s", "DEVICE": "%s", "SUBSET": "%s", "RUNS": "%s"}' \
+    "$RECIPE" "$EPOCHS" "$PARALLEL" "$SEED" "$DEVICE" "$SUBSET" "${RUN_NAMES[*]}")
   timeout -k 5 "$PACK_S" "$PY" scripts/device/pack.py pack --work "$WORK" --out "$OUT" --epochs "$EPOCHS" \
     --compare-name "$(compare_name)" --script-command "$SCRIPT_COMMAND" --settings "$settings" \
     --deadline "$DEADLINE_S" --status "$STATUS"
@@ -94,13 +105,12 @@ finish() {
 trap finish EXIT
 trap 'exit 143' TERM INT HUP
 
-# The run names and folders as the training script itself defines them (its functions, read from it, so
-# a name it does not know fails here in a second, before any GPU time is spent).
-eval "$(sed -n '/^args_for() {/,/^}/p; /^run_name() {/,/^}/p' "$REPRO")"
-if ! declare -F run_name >/dev/null; then
-  run_name() { local r="${1}_e${EPOCHS}"; [ "$SEED" != 0 ] && r="${r}_s${SEED}"; [ "$DEVICE" != cpu ] && r="${r}_gpu"; echo "$r"; }
-  note "warning: no run_name() in $REPRO; using a copy of its naming rule"
-fi
+# The run names and folders as the training script itself defines them (its recipe choice and functions,
+# read from it, so a name it does not know fails here in a second, before any GPU time is spent).
+eval "$(sed -n '/^case \$RECIPE in/,/^esac/p; /^args_for() {/,/^}/p; /^run_name() {/,/^}/p' "$REPRO")" || {
+  STATUS="RECIPE=$RECIPE unknown"
+  exit 2
+}
 compare_name() { run_name compare; }
 for name in "${RUN_NAMES[@]}"; do
   if declare -F args_for >/dev/null && ! args_for "$name" >/dev/null; then STATUS="bad run name $name"; exit 2; fi
@@ -108,7 +118,7 @@ for name in "${RUN_NAMES[@]}"; do
   [ -e "results/cifar10/$(run_name "$name")" ] &&
     note "note: results/cifar10/$(run_name "$name") is already in the repository: unpacking overwrites it"
 done
-SCRIPT_COMMAND="EPOCHS=$EPOCHS DEVICE=$DEVICE PARALLEL=$PARALLEL SEED=$SEED DATA=$DATA bash $REPRO ${RUN_NAMES[*]}"
+SCRIPT_COMMAND="RECIPE=$RECIPE EPOCHS=$EPOCHS DEVICE=$DEVICE PARALLEL=$PARALLEL SEED=$SEED DATA=$DATA bash $REPRO ${RUN_NAMES[*]}"
 note "runs: ${RUN_NAMES[*]} -> $(cut -f2 "$WORK/runs.tsv" | tr '\n' ' ')"
 note "deadline ${DEADLINE_S} s; work folder $WORK; outputs $OUT"
 
@@ -169,6 +179,16 @@ exec "$PY" "\$@"
 EOF
 chmod +x "$WORK/bin/python"
 
+# Runs carried from an earlier session (restored by assemble.py) resume: note where each one stands, so that
+# the packing can tell this job's epochs (and their times) from the earlier ones.
+while IFS=$'\t' read -r _ folder; do
+  if [ -f "runs/repro/$folder/last.pt" ]; then
+    n=$(grep -c . "runs/repro/$folder/log.jsonl" 2>/dev/null || echo 0)
+    printf '%s\t%s\n' "$folder" "$n" >>"$WORK/resumed.tsv"
+    note "$folder resumes after epoch $n"
+  fi
+done <"$WORK/runs.tsv"
+
 budget=$(($(left) - RESERVE_S))
 if [ "$budget" -lt 30 ]; then
   TRAIN_NOTE="only $budget s left for training: no runs started"
@@ -220,6 +240,7 @@ if [ "$ANALYZE" = 1 ] && [ "$budget" -ge 15 ]; then
     while IFS=$'\t' read -r name folder; do
       case "$name" in gated_*) ;; *) continue ;; esac
       [ -f "runs/repro/$folder/last.pt" ] || continue
+      [ "$RECIPE" = paper ] && ! [ -f "runs/repro/$folder/summary.json" ] && continue  # mid-way: not yet
       timeout -k 5 "$budget" "$PY" -m batchshaping analyze "runs/repro/$folder/last.pt" \
         --out "$WORK/analysis/$folder" --data-dir "$DATA" ${SUBSET:+--max-images "$SUBSET"} \
         >"$WORK/logs/analyze_$folder.log" 2>&1 </dev/null &

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run HERE (no GPU): cut the real CIFAR-10 into pieces that fit the device tool's 64 MiB per call.
 
-    nice -n 10 python scripts/device/stage.py [--runs "resnet20 ..."] [--epochs 36]
+    nice -n 10 python scripts/device/stage.py [--recipe paper|cpu] [--runs "resnet20 ..."] [--epochs N]
 
 Reads ../shared/data/cifar10/*.npz (uint8 images and labels; the filenames are dropped), checks the arrays
 against the content sha256 sums of that folder's README, lays them out as one raw byte stream
@@ -16,6 +16,14 @@ files) and a margin stay under 64 MiB. Writes into the git-ignored folder .devda
 
 and prints those calls. Running it again reuses the pieces when the data and N are unchanged.
 scripts/device/assemble.py turns the pieces back into the npz layout on the device machine.
+
+Runs that an earlier session stopped (runs/repro/<run>/last.pt without summary.json, put there by
+`pack.py unpack`) travel back to resume: each run folder's last.pt, log.jsonl and config.yaml as
+.devdata/resume/<run>.tar, listed with its sha256 and epoch in .devdata/resume.json, in the room the data
+pieces leave (a call more if they do not fit). The run names and their folders are those of
+scripts/reproduce_cifar10.sh (its functions, read by bash), for --recipe, --epochs, --seed and --device.
+The second-to-last call also runs the GPU benchmark briefly (eager against captured for gated_resnet32,
+single process, a few epochs of synthetic data: benchmarks/bench_train_gpu.py; --no-bench: not).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import math
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -51,7 +60,13 @@ README_SHA256 = {
     "x_test": "1f9e71c337f27c38452dc063bbdf05164772d7358edf779cd7c015dac77aeead",
     "y_test": "f24756e9fc27107597cd054b9df7247b4e5ab61780d1e5d55e7b1015307573de",
 }
-DEFAULT_RUNS = "resnet20 resnet32 gated_resnet32_bs_l0_0.001 gated_resnet32_bs10_l0_0.001"
+REPRO = "scripts/reproduce_cifar10.sh"
+RUN_SH = "scripts/device/run.sh"
+RESUME = "resume"  # .devdata/resume.json and .devdata/resume/<run>.tar
+BENCH = (
+    "python3 -m benchmarks.bench_train_gpu --models gated_resnet32 --paths eager,captured --epochs 2 "
+    '--budget-s 45 --out "$OUT/train_gpu.jsonl" 2>&1 | tail -25'
+)
 
 
 def sha256_bytes(b: bytes | memoryview) -> str:
@@ -186,18 +201,116 @@ def build(out: Path, arrays: dict[str, np.ndarray], n: int, jobs: int, max_piece
     return {"specs": specs, "raw_bytes": len(raw), "pieces": pieces}
 
 
-def calls(m: dict, runs: str, epochs: int, deadline: int) -> list[dict]:
-    """The device calls: every call carries the manifest and one piece; the last one runs the job."""
-    n = len(m["pieces"])
+def _bash(code: str, env: dict[str, str], *args: str) -> list[str]:
+    """Lines printed by a bash snippet (the run scripts' own definitions, read from them)."""
+    out = subprocess.run(
+        ["bash", "-c", code, "bash", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        sys.exit(f"stage: {out.stderr.strip() or 'bash failed'}")
+    return out.stdout.split()
+
+
+def default_runs(recipe: str) -> list[str]:
+    """run.sh's default run names for the recipe."""
+    code = f"""eval "$(sed -n '/^DEFAULT_RUNS=/p; /^\\[ "\\$RECIPE" = paper \\] && DEFAULT_RUNS=/p' {RUN_SH})"
+echo $DEFAULT_RUNS"""
+    return _bash(code, {"RECIPE": recipe})
+
+
+def run_folders(names: list[str], recipe: str, epochs: int | None, seed: int, device: str) -> list[str]:
+    """The run folder of each name, by reproduce_cifar10.sh's own run_name()."""
+    code = f"""set -e
+eval "$(sed -n '/^case \\$RECIPE in/,/^esac/p; /^args_for() {{/,/^}}/p; /^run_name() {{/,/^}}/p' {REPRO})"
+for n in "$@"; do args_for "$n" >/dev/null; run_name "$n"; done"""
+    env = {"RECIPE": recipe, "EPOCHS": str(epochs or ""), "SEED": str(seed), "DEVICE": device}
+    return _bash(code, env, *names)
+
+
+def log_epochs(log: Path) -> int:
+    return sum(1 for line in log.read_text().splitlines() if line.strip()) if log.is_file() else 0
+
+
+def bundle_runs(out: Path, folders: list[str]) -> dict | None:
+    """.devdata/resume/<run>.tar for each stopped run of ``folders`` in runs/repro/, and resume.json."""
+    rdir = out / RESUME
+    entries = []
+    for folder in folders:
+        src = REPO / "runs" / "repro" / folder
+        if not (src / "last.pt").is_file() or (src / "summary.json").is_file():
+            continue
+        rdir.mkdir(exist_ok=True)
+        tar_path = rdir / f"{folder}.tar"
+        with tarfile.open(tar_path, "w") as tar:
+            for f in ("last.pt", "log.jsonl", "config.yaml"):
+                if (src / f).is_file():
+                    tar.add(src / f, f"runs/repro/{folder}/{f}")
+        entries.append(
+            {
+                "run": folder,
+                "file": tar_path.name,
+                "bytes": tar_path.stat().st_size,
+                "sha256": sha256_file(tar_path),
+                "epoch": log_epochs(src / "log.jsonl"),
+            }
+        )
+    for old in rdir.glob("*.tar") if rdir.is_dir() else []:
+        if old.name not in {e["file"] for e in entries}:
+            old.unlink()
+    index = out / f"{RESUME}.json"
+    if not entries:
+        index.unlink(missing_ok=True)
+        return None
+    r = {"runs": entries, "id": sha256_bytes(json.dumps([e["sha256"] for e in entries]).encode())[:16]}
+    index.write_text(json.dumps(r, indent=2) + "\n")
+    return r
+
+
+def assign(runs: list[dict], rooms: list[int], call_room: int) -> list[list[dict]]:
+    """Carried runs per call, largest first into the call with the most room left; a run that fits in
+    none gets a call of its own (inserted before the last); ``rooms``: bytes left in each data call."""
+    rooms = list(rooms)
+    calls: list[list[dict]] = [[] for _ in rooms]
+    for e in sorted(runs, key=lambda e: -e["bytes"]):
+        k = max(range(len(rooms)), key=lambda i: rooms[i])
+        if rooms[k] < e["bytes"]:
+            if e["bytes"] > call_room:
+                sys.exit(f"stage: {e['file']} ({e['bytes'] / MIB:.1f} MiB) does not fit in any call")
+            rooms.insert(len(rooms) - 1, call_room)
+            calls.insert(len(calls) - 1, [])
+            k = len(rooms) - 2
+        rooms[k] -= e["bytes"]
+        calls[k].append(e)
+    return calls
+
+
+def calls(m: dict, job: str, resume: dict | None, per_call: list[list[dict]], bench: bool) -> list[dict]:
+    """The device calls: each carries the manifest and one piece (or only carried runs), with resume.json
+    and its runs' tarballs; the first probes the machine, the second-to-last benchmarks, the last runs the
+    job."""
+    pieces, n = m["pieces"], len(per_call)
     seq = []
-    for k, p in enumerate(m["pieces"], 1):
-        carry = [f"{OUT_DIR}/manifest.json", f"{OUT_DIR}/{p['file']}"]
-        if k < n:
-            cmd = "python3 scripts/device/assemble.py --stash" + (" --probe" if k == 1 else "")
-            seq.append({"call": k, "timeout_s": 120, "carry": carry, "command": cmd})
-        else:
-            cmd = f"EPOCHS={epochs} PARALLEL=1 DEADLINE_S={deadline} bash scripts/device/run.sh {runs}"
-            seq.append({"call": k, "timeout_s": 600, "carry": carry, "command": cmd})
+    for k in range(1, n + 1):
+        carry = [f"{OUT_DIR}/manifest.json"]
+        # pieces 1..P-1 in calls 1..P-1, the last piece with the job; calls of carried runs only between
+        piece = pieces[k - 1] if k < len(pieces) else pieces[-1] if k == n else None
+        if piece is not None:
+            carry.append(f"{OUT_DIR}/{piece['file']}")
+        if resume is not None:
+            carry.append(f"{OUT_DIR}/{RESUME}.json")
+            carry += [f"{OUT_DIR}/{RESUME}/{e['file']}" for e in per_call[k - 1]]
+        if k == n:
+            seq.append({"call": k, "timeout_s": 600, "carry": carry, "command": job})
+            continue
+        cmd = "python3 scripts/device/assemble.py --stash" + (" --probe" if k == 1 else "")
+        timeout = 120
+        if bench and k == n - 1:
+            cmd, timeout = f"{cmd} && {BENCH}", 180
+        seq.append({"call": k, "timeout_s": timeout, "carry": carry, "command": cmd})
     return seq
 
 
@@ -207,9 +320,19 @@ def main() -> None:
     ap.add_argument("--pieces", type=int, default=None, help="force N pieces (default: the fewest that fit)")
     ap.add_argument("--margin-mib", type=float, default=4.0, help="kept free in each call (default 4)")
     ap.add_argument("--jobs", type=int, default=2, help="compression processes (default 2)")
-    ap.add_argument("--runs", default=os.environ.get("RUNS", DEFAULT_RUNS), help="run names of the last call")
-    ap.add_argument("--epochs", type=int, default=int(os.environ.get("EPOCHS", "36")))
+    ap.add_argument(
+        "--recipe", default=os.environ.get("RECIPE", "paper"), choices=("paper", "cpu"), help="default paper"
+    )
+    ap.add_argument(
+        "--runs", default=os.environ.get("RUNS"), help="run names (default: run.sh's for the recipe)"
+    )
+    ap.add_argument(
+        "--epochs", type=int, default=int(os.environ["EPOCHS"]) if os.environ.get("EPOCHS") else None
+    )
+    ap.add_argument("--seed", type=int, default=int(os.environ.get("SEED", "0")))
+    ap.add_argument("--device", default=os.environ.get("DEVICE", "cuda"), help="of the runs (dry runs: cpu)")
     ap.add_argument("--deadline", type=int, default=int(os.environ.get("DEADLINE_S", "540")))
+    ap.add_argument("--no-bench", dest="bench", action="store_false", help="no benchmark in the calls")
     ap.add_argument("--nice", type=int, default=10, help="lower this process's priority (default 10)")
     args = ap.parse_args()
     if args.nice:
@@ -263,13 +386,32 @@ def main() -> None:
         m["id"] = sha256_bytes(json.dumps([p["sha256"] for p in m["pieces"]]).encode())[:16]
         (out / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
 
-    seq = calls(m, args.runs, args.epochs, args.deadline)
+    names = args.runs.split() if args.runs else default_runs(args.recipe)
+    folders = run_folders(names, args.recipe, args.epochs, args.seed, args.device)
+    resume = bundle_runs(out, folders)
+    small = (out / "manifest.json").stat().st_size + 64 * 1024  # + resume.json
+    rooms = [int(CALL_LIMIT - tree - small - args.margin_mib * MIB - p["bytes"]) for p in m["pieces"]]
+    per_call = assign(
+        resume["runs"] if resume else [], rooms, int(CALL_LIMIT - tree - small - args.margin_mib * MIB)
+    )
+    epochs = f"EPOCHS={args.epochs} " if args.epochs else ""
+    job = (
+        f"RECIPE={args.recipe} {epochs}{'SEED=' + str(args.seed) + ' ' if args.seed else ''}PARALLEL=1 "
+        f"DEADLINE_S={args.deadline} bash {RUN_SH} {' '.join(names)}"
+    )
+    seq = calls(m, job, resume, per_call, args.bench)
     (out / "calls.json").write_text(json.dumps(seq, indent=2) + "\n")
     total = sum(p["bytes"] for p in m["pieces"])
     print(f"\n{len(m['pieces'])} pieces, {total / MIB:.1f} MiB in all (manifest id {m['id']}), in {OUT_DIR}/")
+    for folder in folders:
+        carried = [e for e in (resume or {"runs": []})["runs"] if e["run"] == folder]
+        state = f"resumes after epoch {carried[0]['epoch']}" if carried else "starts"
+        if (REPO / "runs" / "repro" / folder / "summary.json").is_file():
+            state = "finished here already: it would only be re-packed"
+        print(f"run {folder}: {state}")
     print("Device calls (make them back to back: a machine stays warm ~30 s after a call):\n")
-    for c, p in zip(seq, m["pieces"], strict=True):
-        size = (tree + p["bytes"] + (out / "manifest.json").stat().st_size) / MIB
+    for c in seq:
+        size = (tree + sum((REPO / f).stat().st_size for f in c["carry"])) / MIB
         print(f"call {c['call']}/{len(seq)}: timeout_s={c['timeout_s']}, ~{size:.1f} MiB travels")
         print(f"  carry:   {json.dumps(c['carry'])}")
         print(f"  command: {c['command']}")
