@@ -28,7 +28,10 @@ sums, then writes results/ where it is committed, the weights into runs/repro/ w
 refuses to overwrite a file that exists with other contents unless --force, except where a run came back
 further than it is here (runs/repro/<run>/ and results/.../<run>_stopped/ of a run resumed from an earlier
 session). It appends one record per run and job to benchmarks/results/train_runs_gpu.jsonl: the model,
-GPU, step path, median epoch time and how many runs shared the GPU.
+GPU, step path, median epoch time and how many runs shared the GPU. The final weights of every finished run
+are published where they are committed: weights/cifar10/<run>.pt (model weights, config and metrics, no
+optimizer state: `batchshaping eval` / `analyze` read it) and weights/cifar10/manifest.json (file, sha256,
+the command that made it, top-1, MAC ratio, device, source digest).
 """
 
 from __future__ import annotations
@@ -449,6 +452,48 @@ def _joined(d: Path, name: str, tmp: Path) -> Path | None:
 
 
 SPEED_LOG = "benchmarks/results/train_runs_gpu.jsonl"
+WEIGHTS = "weights/cifar10"  # published final weights of finished runs, and their manifest
+
+
+def publish(m: dict[str, Any], root: Path = REPO) -> list[str]:
+    """Model-only copies of the finished runs' checkpoints (now in runs/repro/) into WEIGHTS, each listed
+    in WEIGHTS/manifest.json with its sha256 and the command that made it; returns the files written."""
+    folder = root / WEIGHTS
+    index = folder / "manifest.json"
+    listed = {e["run"]: e for e in (json.loads(index.read_text())["weights"] if index.is_file() else [])}
+    written = []
+    for e in m["runs"]:
+        src = root / "runs" / "repro" / e["run"] / "last.pt"
+        if e["status"] != "complete" or (e["weights"] or {}).get("kind") != "full checkpoint":
+            continue
+        if not src.is_file() or sha256_file(src) != e["weights"]["sha256"]:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / f"{e['run']}.pt"
+        tmp = dest.with_suffix(".pt.tmp")
+        model_only(src, tmp)
+        tmp.replace(dest)
+        listed[e["run"]] = {
+            "run": e["run"],
+            "file": f"{WEIGHTS}/{dest.name}",
+            "bytes": dest.stat().st_size,
+            "sha256": sha256_file(dest),
+            "content": "model weights, config, metrics (no optimizer state)",
+            "command": e["command"],
+            "epochs": e["epochs_done"],
+            "top1": e["top1"],
+            "mac_ratio": e["mac_ratio"],
+            "device": e["device"],
+            "precision": e["precision"],
+            "trained_utc": m["created_utc"],
+            "source_digest": m.get("source_digest"),
+            "checkpoint_sha256": e["weights"]["sha256"],
+        }
+        written.append(listed[e["run"]]["file"])
+    if written:
+        body = {"weights": sorted(listed.values(), key=lambda x: x["run"])}
+        index.write_text(json.dumps(body, indent=2) + "\n")
+    return written
 
 
 def local_epochs(run: str) -> int:
@@ -569,6 +614,9 @@ def unpack(args: argparse.Namespace) -> None:
     folders = sorted({Path(*t.parts[:3]).as_posix() for t, _ in plan if t.parts[0] == "results"})
     records = speed_records(m)
     print(f"unpack: {len(plan)} files written under {REPO}; {records} speed records added to {SPEED_LOG}")
+    published = publish(m)
+    for f in published:
+        print(f"  published {f} (listed in {WEIGHTS}/manifest.json)")
     for e in m["runs"]:
         w = (e["weights"] or {}).get("file")
         done = f"{e['epochs_done']}/{e['epochs']} epochs"
@@ -579,8 +627,10 @@ def unpack(args: argparse.Namespace) -> None:
             print(f"    {old}/ is superseded by the finished run: git rm -r {old}")
     if records:
         folders.append(SPEED_LOG)
+    if published:
+        folders.append(WEIGHTS)
     if folders:
-        print("to commit (weights stay in runs/, ignored):")
+        print("to commit (the full checkpoints stay in runs/repro/, ignored):")
         print(f"  git add {' '.join(folders)}")
         print(f"  git commit -m '...' -- {' '.join(folders)}")
 

@@ -123,3 +123,30 @@ def test_a_missing_carried_run_stops_the_job_instead_of_restarting_it(tmp_path):
     with pytest.raises(SystemExit) as e:
         assemble.restore_runs(r, stash, tmp_path / "repro")
     assert e.value.code == 3
+
+
+def test_finished_runs_publish_model_only_weights_with_a_manifest(tmp_path):
+    import torch
+
+    ckpt = tmp_path / "runs" / "repro" / "r_gpu" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"model": {"w": torch.ones(3)}, "config": {"model": "resnet20"}, "optimizer": {"s": 1}}, ckpt)
+    entry = {
+        "run": "r_gpu",
+        "status": "complete",
+        "weights": {"kind": "full checkpoint", "sha256": stage.sha256_file(ckpt)},
+        "command": "python -m batchshaping train ...",
+        "epochs_done": 500,
+        "top1": 0.9,
+        "mac_ratio": 1.0,
+        "device": "H200",
+        "precision": "bfloat16",
+    }
+    stopped = {**entry, "run": "s_gpu", "status": "stopped"}
+    m = {"runs": [entry, stopped], "created_utc": "2026-12-01T00:00:00Z", "source_digest": "abc"}
+    assert pack.publish(m, tmp_path) == ["weights/cifar10/r_gpu.pt"]
+    kept = torch.load(tmp_path / "weights/cifar10/r_gpu.pt", weights_only=False)
+    assert "optimizer" not in kept and torch.equal(kept["model"]["w"], torch.ones(3))
+    (listed,) = json.loads((tmp_path / "weights/cifar10/manifest.json").read_text())["weights"]
+    assert listed["sha256"] == stage.sha256_file(tmp_path / "weights/cifar10/r_gpu.pt")
+    assert listed["command"] == entry["command"] and listed["top1"] == 0.9
