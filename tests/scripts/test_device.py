@@ -6,12 +6,14 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 DEVICE = Path(__file__).resolve().parents[2] / "scripts" / "device"
 sys.path.insert(0, str(DEVICE))  # the scripts import their sibling files.py as a top-level module
 
 import assemble  # noqa: E402
+import codec  # noqa: E402
 import pack  # noqa: E402
 import stage  # noqa: E402
 
@@ -150,3 +152,34 @@ def test_finished_runs_publish_model_only_weights_with_a_manifest(tmp_path):
     (listed,) = json.loads((tmp_path / "weights/cifar10/manifest.json").read_text())["weights"]
     assert listed["sha256"] == stage.sha256_file(tmp_path / "weights/cifar10/r_gpu.pt")
     assert listed["command"] == entry["command"] and listed["top1"] == 0.9
+
+
+def test_the_pixel_codec_is_lossless():
+    rng = np.random.default_rng(0)
+    flat = np.stack([np.zeros((32, 32, 3)), np.full((32, 32, 3), 255)]).astype(np.uint8)
+    ramp = np.broadcast_to(np.arange(32, dtype=np.uint8)[None, :, None, None] * 8, (1, 32, 32, 3))
+    for x in (rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), flat, np.ascontiguousarray(ramp)):
+        r = codec.encode(x)
+        assert r.dtype == np.uint8 and r.shape == x.shape
+        np.testing.assert_array_equal(codec.decode(r), x)
+    with pytest.raises(ValueError, match="uint8"):
+        codec.encode(np.zeros((2, 3, 32, 32), dtype=np.uint8))
+
+
+def test_staged_pieces_assemble_into_the_same_arrays(tmp_path):
+    rng = np.random.default_rng(1)
+    arrays = {
+        "x_train": rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, 6, dtype=np.uint8),
+        "x_test": rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, 3, dtype=np.uint8),
+    }
+    built = stage.build(tmp_path, arrays, 2, 1, 10 * MIB)
+    for spec in built["specs"]:  # the README's sums are those of the real data set
+        spec["sha256"] = stage.sha256_bytes(arrays[spec["name"]].tobytes())
+    m = {"id": "t", "arrays": built["specs"], "raw_bytes": built["raw_bytes"], "pieces": built["pieces"]}
+    m["transform"] = {"codec": "med-green", "images": 9}
+    out = assemble.assemble(m, tmp_path, loader_check=False)
+    train = [np.load(out / f"cifar10_train_part{i}.npz") for i in (1, 2)]
+    np.testing.assert_array_equal(np.concatenate([t["x_train"] for t in train]), arrays["x_train"])
+    np.testing.assert_array_equal(np.load(out / "cifar10_test.npz")["y_test"], arrays["y_test"])
