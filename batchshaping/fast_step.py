@@ -191,7 +191,10 @@ def choose_path(requested: str, step: TrainStep, world_size: int = 1) -> tuple[s
         )
     if requested == "graph":
         return "eager", f"step=graph needs CUDA graphs; {step.device.type} runs eagerly"
-    return "eager", f"step=auto on {step.device.type}: nothing to capture"
+    # Measured on CPU (benchmarks/README.md): compiled steps are faster, after minutes of compiling.
+    cpu = step.device.type == "cpu"
+    hint = "; a long run may go faster with --set step=compile (benchmarks/README.md)" if cpu else ""
+    return "eager", f"step=auto on {step.device.type}: nothing to capture{hint}"
 
 
 def compile_mode_for(device: torch.device) -> str:

@@ -4,8 +4,13 @@
    against resnet32 with the same weights, interleaved, median of --repeats steps, per precision.
 2. Data pipeline: resnet20 training through the real pipeline (TensorLoader with on-device crop + flip
    and normalisation, the loop of ``batchshaping.train``) against a bare loop over pre-made tensors.
+3. Step path on CPU: the eager TrainStep against the same step compiled by torch.compile (FastTrainStep,
+   what ``--set step=compile`` runs) for gated_resnet32 with the paper recipe's losses, same weights,
+   interleaved, median of --repeats steps after the compilation (timed apart).
 
-    python -m benchmarks.bench_train --threads 2 --repeats 10
+    python -m benchmarks.bench_train --threads 2 --repeats 10 [--parts gate,pipeline,steps]
+
+Each part measured replaces its entry in train.json; the others are kept.
 """
 
 from __future__ import annotations
@@ -118,6 +123,47 @@ def pipeline(batch: int, steps: int, repeats: int) -> dict:
     return {"batch": batch, "steps": steps, "pipeline_img_s": p, "bare_img_s": b, "ratio": p / b}
 
 
+def step_paths(batch: int, repeats: int, precisions: list[str]) -> list[dict]:
+    """Seconds per training step of gated_resnet32, eager vs compiled, per precision."""
+    from batchshaping.config import load_config
+    from batchshaping.fast_step import FastTrainStep
+
+    rows = []
+    cfg = load_config("cifar10_gated_resnet32")
+    x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    for prec in precisions:
+        dtype = {"fp32": None, "bf16": torch.bfloat16}[prec]
+        steps = []
+        for compiled in (False, True):
+            torch.manual_seed(0)
+            model = bs.create_model("gated_resnet32").to(memory_format=torch.channels_last)
+            counter = MacCounter(model, (3, 32, 32))
+            task = ClassificationTask()
+            eager = TrainStep(model, model, sgd(model, cfg), scaler, task, counter, cfg, dtype)
+            steps.append(FastTrainStep(eager, False, compile_mode="default") if compiled else eager)
+        t0 = time.perf_counter()
+        steps[1](x, y, 0.1, 0.75, 0.0015)  # compiles forward + losses, backward and the update
+        compile_s = time.perf_counter() - t0
+        for f in (steps[0], steps[1], steps[0]):
+            f(x, y, 0.1, 0.75, 0.0015)
+        times: list[list[float]] = [[], []]
+        for _ in range(repeats):  # interleaved: both see the same machine load
+            for f, t in zip(steps, times, strict=True):
+                t0 = time.perf_counter()
+                f(x, y, 0.1, 0.75, 0.0015)
+                t.append(time.perf_counter() - t0)
+        e, c = statistics.median(times[0]), statistics.median(times[1])
+        row = {"precision": prec, "batch": batch, "eager_s": e, "compiled_s": c, "speedup": e / c}
+        rows.append(row | {"compile_s": compile_s, "path": steps[1].path})
+        print(
+            f"{prec} batch {batch}: eager {e * 1e3:.0f} ms, compiled {c * 1e3:.0f} ms per step, "
+            f"x{e / c:.2f} (compile {compile_s:.0f} s, path {steps[1].path})"
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -125,17 +171,25 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--pipeline-steps", type=int, default=4)
+    ap.add_argument("--parts", default="gate,pipeline,steps", help="which measurements (comma-separated)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = {
+    parts, precisions = args.parts.split(","), args.precisions.split(",")
+    path = RESULTS / "train.json"
+    out = json.loads(path.read_text()) if path.is_file() else {}
+    where = {
         "machine": machine_description(torch.device("cpu")),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "gate_overhead": gate_overhead(args.batch, args.repeats, args.precisions.split(",")),
-        "pipeline": pipeline(args.batch, args.pipeline_steps, max(3, args.repeats // 3)),
     }
+    if "gate" in parts:
+        out.update(where, gate_overhead=gate_overhead(args.batch, args.repeats, precisions))
+    if "pipeline" in parts:
+        out.update(where, pipeline=pipeline(args.batch, args.pipeline_steps, max(3, args.repeats // 3)))
+    if "steps" in parts:  # its own machine record: it may run on another machine than the parts above
+        out["step_paths"] = {**where, "rows": step_paths(args.batch, args.repeats, precisions)}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train.json").write_text(json.dumps(out, indent=2) + "\n")
+    path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {RESULTS / 'train.json'}")
 
 
