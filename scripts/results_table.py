@@ -8,8 +8,9 @@ The runs of the fine-tuning protocol (scripts/finetune_cifar10.sh: dense resnet3
 total epochs, gated_resnet32 fine-tuned from the dense resnet32) are in results/cifar10_finetune/ and get a
 table of their own.
 
-One table per protocol (epoch count and device kind, CPU fp32 or GPU bf16), longest protocol first: runs
-of different protocols are not compared.
+One table per protocol (epoch count, device kind, CPU fp32 or GPU bf16, and recipe: the protocol's short
+recipes or, for runs named <name>_paper_e<N>..., the paper's recipes of RECIPE=paper), longest protocol
+first: runs of different protocols are not compared.
 The headline is, for the longest protocol that has both, dense resnet20 against the most accurate
 gated_resnet32 run with batch-shaping whose mean MACs are at most resnet20's.
 Every number comes from a run's summary.json (written by ``batchshaping train``); nothing is typed in.
@@ -62,9 +63,12 @@ def row(r: dict, r20_macs: float) -> str:
         if gated
         else "-"
     )
-    epochs, name = s["epochs"], r["run"].rsplit("_e", 1)[0]
+    epochs, name = s["epochs"], r["run"].rsplit("_e", 1)[0].removesuffix("_paper")
     seed = cfg.get("seed", 0)
     env = f"SEED={seed} EPOCHS={epochs}" if seed else f"EPOCHS={epochs}"
+    if paper(r):  # EPOCHS defaults to the recipe's 500 there
+        env = "RECIPE=paper" + (f" SEED={seed}" if seed else "")
+        env += "" if epochs == 500 else f" EPOCHS={epochs}"
     if s["device"] != "cpu":
         env += f" DEVICE={s['device']}"
     loss = cfg["loss"]
@@ -82,19 +86,30 @@ def row(r: dict, r20_macs: float) -> str:
     )
 
 
-def protocol(r: dict) -> tuple[int, str]:
-    """(epochs, "GPU" | "CPU"): runs are compared only within one protocol."""
-    return r["s"]["epochs"], "CPU" if r["s"]["device"] == "cpu" else "GPU"
+def paper(r: dict) -> bool:
+    """A run of the paper's recipes (scripts/reproduce_cifar10.sh with RECIPE=paper)."""
+    return "_paper_e" in r["run"]
+
+
+def protocol(r: dict) -> tuple[int, str, str]:
+    """(epochs, "GPU" | "CPU", recipe): runs are compared only within one protocol."""
+    kind = "CPU" if r["s"]["device"] == "cpu" else "GPU"
+    return r["s"]["epochs"], kind, "paper's recipe" if paper(r) else "protocol"
 
 
 def protocols(runs: list[dict]) -> list[tuple[int, str]]:
     return sorted({protocol(r) for r in runs}, reverse=True)
 
 
+def title(p: tuple[int, str, str]) -> str:
+    kind = "runs of the paper's recipe" if p[2] == "paper's recipe" else "protocol"
+    return f"{p[0]}-epoch {p[1]} {kind}"
+
+
 def tables(runs: list[dict], r20_macs: float) -> str:
     parts = []
     for p in protocols(runs):
-        parts.append(f"**{p[0]}-epoch {p[1]} protocol**\n\n{HEADER}")
+        parts.append(f"**{title(p)}**\n\n{HEADER}")
         parts[-1] += "".join("\n" + row(r, r20_macs) for r in runs if protocol(r) == p)
     return "\n\n".join(parts)
 
@@ -113,7 +128,7 @@ def headline(runs: list[dict], r20_macs: float) -> str:
         if dense and gated:
             best = max(gated, key=lambda r: r["s"]["top1"])
             return (
-                f"Headline ({p[0]}-epoch {p[1]} protocol, CIFAR-10; every row and its command are in "
+                f"Headline ({title(p)}, CIFAR-10; every row and its command are in "
                 f"RESULTS.md). The gated row is the most accurate of the {len(gated)} batch-shaping "
                 f"gated_resnet32 runs at or below resnet20's MACs:\n\n"
                 f"{HEADER}\n{row(dense[0], r20_macs)}\n{row(best, r20_macs)}"

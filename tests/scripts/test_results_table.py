@@ -1,0 +1,60 @@
+"""scripts/results_table.py: the tables of RESULTS.md from the runs' summaries, one per protocol."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import results_table  # noqa: E402
+
+
+def fake_run(results: Path, name: str, model: str, epochs: int, macs: float, top1: float, cfg: str) -> None:
+    d = results / name
+    d.mkdir(parents=True)
+    gates = {"gates_always_on": 0.1, "gates_always_off": 0.0, "gates_conditional": 0.9}
+    summary = {
+        "model": model,
+        "config": cfg,
+        "epochs": epochs,
+        "wall_time_s": 600.0,
+        "device": "cuda",
+        "machine": "NVIDIA H200",
+        "precision": "bfloat16",
+        "top1": top1,
+        "macs_mean": macs,
+        "mac_ratio": macs / 68.86e6,
+        **gates,
+    }
+    (d / "summary.json").write_text(json.dumps(summary))
+    loss = {"bs_weight": 0.75, "bs_end": 0.2, "l0_weight": 0.0006}
+    (d / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "loss": loss}))
+
+
+def test_paper_recipe_runs_get_their_own_table_command_and_the_headline(tmp_path):
+    results = tmp_path / "cifar10"
+    shutil.copytree(ROOT / "results" / "cifar10" / "resnet20_e36_gpu", results / "resnet20_e36_gpu")
+    fake_run(results, "resnet20_paper_e500_gpu", "resnet20", 500, 40.55e6, 0.92, "cifar10_resnet20")
+    fake_run(
+        results,
+        "gated_resnet32_bs_l0_0.0006_paper_e500_gpu",
+        "gated_resnet32",
+        500,
+        38e6,
+        0.925,
+        "cifar10_gated_resnet32",
+    )
+    runs = results_table.load_runs(results)
+    text = results_table.tables(runs, 40.55e6)
+    paper, short = "**500-epoch GPU runs of the paper's recipe**", "**36-epoch GPU protocol**"
+    assert text.index(paper) < text.index(short)
+    cmd = "RECIPE=paper DEVICE=cuda bash scripts/reproduce_cifar10.sh gated_resnet32_bs_l0_0.0006"
+    assert f"`{cmd}` |" in text
+    assert "`EPOCHS=36 DEVICE=cuda bash scripts/reproduce_cifar10.sh resnet20` |" in text
+    head = results_table.headline(runs, 40.55e6)
+    assert head.startswith("Headline (500-epoch GPU runs of the paper's recipe")
+    assert "| gated_resnet32_bs_l0_0.0006_paper_e500_gpu |" in head
