@@ -234,6 +234,11 @@ for n in "$@"; do args_for "$n" >/dev/null; run_name "$n"; done"""
     return _bash(code, env, *names)
 
 
+def finished_dirs() -> list[Path]:
+    """Where a finished run's summary.json is: its run folder, or its results committed here."""
+    return [REPO / "runs" / "repro", REPO / "results" / "cifar10"]
+
+
 def log_epochs(log: Path) -> int:
     return sum(1 for line in log.read_text().splitlines() if line.strip()) if log.is_file() else 0
 
@@ -392,6 +397,14 @@ def main() -> None:
 
     names = args.runs.split() if args.runs else default_runs(args.recipe)
     folders = run_folders(names, args.recipe, args.epochs, args.seed, args.device)
+    # A finished run would start again from epoch 0 on the device (nothing to resume): leave it out.
+    finished = [f for f in folders if any((d / f / "summary.json").is_file() for d in finished_dirs())]
+    for f in finished:
+        print(f"run {f}: finished already (its summary.json is here): left out of the job")
+    todo = [(n, f) for n, f in zip(names, folders, strict=True) if f not in finished]
+    if not todo:
+        sys.exit("stage: every named run has finished; name others with --runs")
+    names, folders = [n for n, _ in todo], [f for _, f in todo]
     resume = bundle_runs(out, folders)
     small = (out / "manifest.json").stat().st_size + 64 * 1024  # + resume.json
     rooms = [int(CALL_LIMIT - tree - small - args.margin_mib * MIB - p["bytes"]) for p in m["pieces"]]
@@ -410,8 +423,6 @@ def main() -> None:
     for folder in folders:
         carried = [e for e in (resume or {"runs": []})["runs"] if e["run"] == folder]
         state = f"resumes after epoch {carried[0]['epoch']}" if carried else "starts"
-        if (REPO / "runs" / "repro" / folder / "summary.json").is_file():
-            state = "finished here already: it would only be re-packed"
         print(f"run {folder}: {state}")
     print("Device calls (make them back to back: a machine stays warm ~30 s after a call):\n")
     for c in seq:
