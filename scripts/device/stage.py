@@ -24,7 +24,8 @@ Runs that an earlier session stopped (runs/repro/<run>/last.pt without summary.j
 pieces leave (a call more if they do not fit). The run names and their folders are those of
 scripts/reproduce_cifar10.sh (its functions, read by bash), for --recipe, --epochs, --seed and --device.
 The second-to-last call also runs the GPU benchmark briefly (eager against captured for gated_resnet32,
-single process, a few epochs of synthetic data: benchmarks/bench_train_gpu.py; --no-bench: not).
+single process, then three captured runs in one process on three streams, a few epochs of synthetic data:
+benchmarks/bench_train_gpu.py; --no-bench: not).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ RUN_SH = "scripts/device/run.sh"
 RESUME = "resume"  # .devdata/resume.json and .devdata/resume/<run>.tar
 BENCH = (
     "python3 -m benchmarks.bench_train_gpu --models gated_resnet32 --paths eager,captured --epochs 2 "
-    '--budget-s 45 --out "$OUT/train_gpu.jsonl" 2>&1 | tail -25'
+    '--streams 3 --budget-s 45 --out "$OUT/train_gpu.jsonl" 2>&1 | tail -25'
 )
 
 
