@@ -9,6 +9,8 @@
 #
 #   E=15 F=4 L0="0.001 0.002" THREADS=1 bash scripts/finetune_cifar10.sh dense resnet20 finetune analyze
 # BS=0.2 sets the batch-shaping weight of the fine-tunes (default: the recipe's 0.75; named in the run).
+# STEP=compile compiles the training step (on CPU 1.25-1.5x faster per step after minutes of compiling:
+# benchmarks/README.md), also on resume.
 #
 # Steps run in the order given; a step whose run already finished is skipped, a killed one resumes.
 set -euo pipefail
@@ -23,6 +25,7 @@ bs_set=()
 [ -n "$BS" ] && bs_set=(--set "loss.bs_weight=$BS")
 threads=()
 [ -n "$THREADS" ] && threads=(--set "threads=$THREADS")
+[ -n "${STEP:-}" ] && threads+=(--set "step=$STEP")  # where/how keys: allowed on resume too
 
 train() {  # run-name, then the arguments of a new run
   local run=$1 out="runs/ft/$1"
