@@ -23,9 +23,9 @@ THREADS=${THREADS:-}
 BS=${BS:-}
 bs_set=()
 [ -n "$BS" ] && bs_set=(--set "loss.bs_weight=$BS")
-threads=()
-[ -n "$THREADS" ] && threads=(--set "threads=$THREADS")
-[ -n "${STEP:-}" ] && threads+=(--set "step=$STEP")  # where/how keys: allowed on resume too
+run_opts=()
+[ -n "$THREADS" ] && run_opts=(--set "threads=$THREADS")
+[ -n "${STEP:-}" ] && run_opts+=(--set "step=$STEP")  # where/how keys: allowed on resume too
 
 train() {  # run-name, then the arguments of a new run
   local run=$1 out="runs/ft/$1"
@@ -33,9 +33,9 @@ train() {  # run-name, then the arguments of a new run
   if [ -f "$out/summary.json" ]; then
     echo "== $run: done"
   elif [ -f "$out/last.pt" ]; then
-    python -m batchshaping train --out "$out" --resume --data-dir "$DATA" --set progress=false "${threads[@]}"
+    python -m batchshaping train --out "$out" --resume --data-dir "$DATA" --set progress=false "${run_opts[@]}"
   else
-    python -m batchshaping train "$@" --set progress=false "${threads[@]}" --data-dir "$DATA" --out "$out"
+    python -m batchshaping train "$@" --set progress=false "${run_opts[@]}" --data-dir "$DATA" --out "$out"
   fi
   mkdir -p "results/cifar10_finetune/$run"
   cp "$out/summary.json" "$out/log.jsonl" "$out/config.yaml" "results/cifar10_finetune/$run/"
