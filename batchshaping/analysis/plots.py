@@ -7,6 +7,7 @@ Every function takes plain arrays, writes one PNG to ``path`` and returns nothin
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,18 @@ def _subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.
 
 
 def _save(fig: Any, path: Path) -> None:
+    """The figure as a 256-colour palette PNG: about a third of the RGB file's size (0.78 -> 0.27 MB for
+    a report's eight plots), the same to the eye (plots have few colours; the image mosaics are 32x32
+    tiles). Reports are committed and copied around, so their size matters."""
+    from PIL import Image  # matplotlib's own dependency
+
+    buf = io.BytesIO()
     try:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     finally:
         fig.clear()  # drop the artists now rather than at garbage collection
+    rgb = Image.open(buf).convert("RGB")
+    rgb.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, format="PNG", optimize=True)
 
 
 def mac_unit(value: float) -> tuple[float, str]:
