@@ -371,6 +371,11 @@ def main() -> None:
     print(f"read and checked {raw_bytes / MIB:.1f} MiB of arrays in {time.time() - t0:.0f} s", flush=True)
 
     m = reusable(out, source_id, args.pieces)
+    # Reused if they still fit and fewer would not (the tree shrank, or more room came): a call fewer
+    # saves device time in every session.
+    if m is not None and len(m["pieces"]) > n and not args.pieces:
+        print(f"the {len(m['pieces'])} pieces in {OUT_DIR}/ could be {n} now; rebuilding")
+        m = None
     if m is not None and max(p["bytes"] for p in m["pieces"]) <= max_piece:
         print(f"reusing the {len(m['pieces'])} pieces already in {OUT_DIR}/")
     else:
