@@ -391,7 +391,8 @@ def pack(args: argparse.Namespace) -> None:
         layout.append((work / "compare", (results / args.compare_name).as_posix()))
     for f in ("phases.tsv", "commands.txt", "env.json"):
         layout.append((work / f, f"device/{f}"))
-    layout += [(work / "logs", "device/logs"), (work / "smoke", "device/smoke")]
+    layout += [(work / "logs", "device/logs")]
+    layout += [(d, f"device/{d.name}") for d in sorted(work.glob("smoke*"))]  # smoke, smoke_eager
 
     res_path = out / "results.tar.gz"
     with tarfile.open(res_path, "w:gz") as tar:

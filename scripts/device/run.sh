@@ -7,7 +7,8 @@
 # One command, in phases, each under the deadline: assemble the data (scripts/device/assemble.py, which
 # also stashes the piece carried by this call), print the machine (nvidia-smi, torch/CUDA, packages), a
 # smoke check (one short epoch of gated_resnet32 on a training subset through `python -m batchshaping
-# train`; the job stops here if it fails), the runs (scripts/reproduce_cifar10.sh with the run names given
+# train`; if it fails with the default step it is tried with STEP=eager, which the runs then use; the job
+# stops here if that fails too), the runs (scripts/reproduce_cifar10.sh with the run names given
 # as arguments or in RUNS, its RECIPE / EPOCHS / PARALLEL / SEED / DEVICE; runs carried from an earlier
 # session, restored by assemble.py into runs/repro/, resume), `batchshaping analyze` of every gated run
 # that has a checkpoint (RECIPE=paper: that finished), `batchshaping compare` of the finished runs, and,
@@ -118,7 +119,7 @@ for name in "${RUN_NAMES[@]}"; do
   [ -e "results/cifar10/$(run_name "$name")" ] &&
     note "note: results/cifar10/$(run_name "$name") is already in the repository: unpacking overwrites it"
 done
-SCRIPT_COMMAND="RECIPE=$RECIPE EPOCHS=$EPOCHS DEVICE=$DEVICE PARALLEL=$PARALLEL SEED=$SEED DATA=$DATA bash $REPRO ${RUN_NAMES[*]}"
+SCRIPT_COMMAND="${STEP:+STEP=$STEP }RECIPE=$RECIPE EPOCHS=$EPOCHS DEVICE=$DEVICE PARALLEL=$PARALLEL SEED=$SEED DATA=$DATA bash $REPRO ${RUN_NAMES[*]}"
 note "runs: ${RUN_NAMES[*]} -> $(cut -f2 "$WORK/runs.tsv" | tr '\n' ' ')"
 note "deadline ${DEADLINE_S} s; work folder $WORK; outputs $OUT"
 
@@ -138,16 +139,14 @@ if [ $rc -ne 0 ]; then STATUS="data not assembled (assemble.py exit $rc)"; exit 
 
 SUBSET_ARGS=()
 [ -n "$SUBSET" ] && SUBSET_ARGS=(--set "data.train_subset=$SUBSET" --set "data.test_subset=$SUBSET")
-if [ "$SMOKE" = 1 ]; then
-  begin smoke "$SMOKE_TIMEOUT"
-  smoke_cmd=("$PY" -m batchshaping train --config cifar10_gated_resnet32_cpu --set epochs=1
+smoke() {  # one short epoch of gated_resnet32 with the step of $STEP (empty: the config's, auto)
+  local out="$WORK/smoke${STEP:+_$STEP}" cmd
+  cmd=("$PY" -m batchshaping train --config cifar10_gated_resnet32_cpu --set epochs=1
     --set "data.train_subset=$SMOKE_TRAIN" --set "data.test_subset=${SUBSET:-1000}" --set progress=false
-    --set "device=$DEVICE" --data-dir "$DATA" --out "$WORK/smoke")
-  echo "${smoke_cmd[*]}"
-  timeout -k 10 "$SMOKE_TIMEOUT" "${smoke_cmd[@]}" </dev/null
-  rc=$?
-  if [ $rc -eq 0 ]; then
-    "$PY" - "$WORK/smoke/summary.json" "$DEVICE" <<'EOF'
+    --set "device=$DEVICE" ${STEP:+--set "step=$STEP"} --data-dir "$DATA" --out "$out")
+  echo "${cmd[*]}"
+  timeout -k 10 "$SMOKE_TIMEOUT" "${cmd[@]}" </dev/null || return $?
+  "$PY" - "$out/summary.json" "$DEVICE" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))
 want = sys.argv[2].split(":")[0]
@@ -156,7 +155,23 @@ print(f"smoke: {s['model']} on {s['device']} ({s['machine']}, {s['precision']}):
       f"top1 {s['top1']:.3f}, MAC ratio {s['mac_ratio']:.3f}" + ("" if ok else f"  NOT ON {want}"))
 sys.exit(0 if ok else 1)
 EOF
+}
+if [ "$SMOKE" = 1 ]; then
+  begin smoke "$SMOKE_TIMEOUT"
+  smoke
+  rc=$?
+  if [ $rc -ne 0 ] && [ -z "${STEP:-}" ] && [ $rc -ne 124 ]; then
+    # A fast step that kills the process (rather than falling back by itself) would kill every run at its
+    # capture: try the eager step, and if it works, train with it.
+    note "smoke check failed (exit $rc) with the default step; trying STEP=eager"
+    STEP=eager
+    smoke
     rc=$?
+    if [ $rc -eq 0 ]; then
+      export STEP
+      SCRIPT_COMMAND="STEP=eager $SCRIPT_COMMAND"
+      note "the eager step works: every run trains with STEP=eager (the fast path failed; see above)"
+    fi
   fi
   end smoke $rc
   if [ $rc -ne 0 ]; then
