@@ -160,9 +160,9 @@ if [ "$SMOKE" = 1 ]; then
   begin smoke "$SMOKE_TIMEOUT"
   smoke
   rc=$?
-  if [ $rc -ne 0 ] && [ -z "${STEP:-}" ] && [ $rc -ne 124 ]; then
-    # A fast step that kills the process (rather than falling back by itself) would kill every run at its
-    # capture: try the eager step, and if it works, train with it.
+  if [ $rc -ne 0 ] && [ -z "${STEP:-}" ]; then
+    # A fast step that kills the process or hangs (rather than falling back by itself) would do so in every
+    # run: try the eager step, and if it works, train with it.
     note "smoke check failed (exit $rc) with the default step; trying STEP=eager"
     STEP=eager
     smoke
