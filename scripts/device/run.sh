@@ -103,16 +103,14 @@ finish() {
   for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$TEE_PID" 2>/dev/null || break; sleep 0.2; done  # tee flushes
   exit "$rc"
 }
+compare_name() { if declare -F run_name >/dev/null; then run_name compare; else echo compare; fi; }
 trap finish EXIT
 trap 'exit 143' TERM INT HUP
 
 # The run names and folders as the training script itself defines them (its recipe choice and functions,
 # read from it, so a name it does not know fails here in a second, before any GPU time is spent).
-eval "$(sed -n '/^case \$RECIPE in/,/^esac/p; /^args_for() {/,/^}/p; /^run_name() {/,/^}/p' "$REPRO")" || {
-  STATUS="RECIPE=$RECIPE unknown"
-  exit 2
-}
-compare_name() { run_name compare; }
+case $RECIPE in cpu | paper) ;; *) STATUS="RECIPE=$RECIPE unknown (cpu or paper)"; exit 2 ;; esac
+eval "$(sed -n '/^case \$RECIPE in/,/^esac/p; /^args_for() {/,/^}/p; /^run_name() {/,/^}/p' "$REPRO")"
 for name in "${RUN_NAMES[@]}"; do
   if declare -F args_for >/dev/null && ! args_for "$name" >/dev/null; then STATUS="bad run name $name"; exit 2; fi
   printf '%s\t%s\n' "$name" "$(run_name "$name")" >>"$WORK/runs.tsv"
