@@ -63,7 +63,7 @@ def test_run_folders_follow_the_training_scripts_names():
         "gated_resnet32_bs_l0_0.001_paper_e500_gpu",
     ]
     assert stage.run_folders(names[:1], "cpu", 36, 1, "cuda") == ["resnet20_e36_s1_gpu"]
-    assert stage.default_runs("paper") == [f"gated_resnet32_bs_l0_{w}" for w in ("0.0003", "0.0006", "0.001")]
+    assert stage.default_runs("paper") == [f"gated_resnet32_bs_l0_{w}" for w in ("0.0001", "0.0003", "0.001")]
     with pytest.raises(SystemExit, match="unknown run name"):
         stage.run_folders(["resnet21"], "paper", None, 0, "cuda")
 
