@@ -41,7 +41,7 @@ from pathlib import Path
 
 import codec
 import numpy as np
-from files import sha256_file
+from files import log_epochs, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 CARRIED = REPO / ".devdata"
@@ -142,8 +142,7 @@ def restore_runs(r: dict, stash: Path, repro: Path) -> None:
                 "epoch 0. Make the staging calls of scripts/device/README.md again, back to back."
             )
         dest = repro / e["run"]
-        log = dest / "log.jsonl"
-        here = sum(1 for line in log.read_text().splitlines() if line.strip()) if log.is_file() else 0
+        here = log_epochs(dest / "log.jsonl")
         if (dest / "last.pt").is_file() and here >= e["epoch"]:
             print(f"assemble: {dest} is at epoch {here} already (carried: {e['epoch']}); kept")
             continue

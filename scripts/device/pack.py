@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from files import MIB, sha256_file
+from files import MIB, RUN_FILES, log_epochs, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 FILE_LIMIT = 15 * MIB  # the tool returns files up to 16 MiB
@@ -409,7 +409,7 @@ def pack(args: argparse.Namespace) -> None:
             for e in with_w:
                 tar.add(e["weights"]["source"], e["weights"]["file"])
                 if e["weights"]["kind"] == "full checkpoint":  # the rest of a resumable run folder
-                    for f in ("log.jsonl", "config.yaml"):
+                    for f in (f for f in RUN_FILES if f != "last.pt"):  # last.pt: added above
                         if (repro / e["run"] / f).is_file():
                             tar.add(repro / e["run"] / f, f"runs/repro/{e['run']}/{f}")
         w_parts = split(w_path)
@@ -499,12 +499,8 @@ def publish(m: dict[str, Any], root: Path = REPO) -> list[str]:
 
 def local_epochs(run: str) -> int:
     """Epochs of ``run`` here: the records of its newest log.jsonl (run folder or results/..._stopped)."""
-    best = 0
-    for folder in (REPO / "runs" / "repro" / run, REPO / "results" / "cifar10" / f"{run}_stopped"):
-        log = folder / "log.jsonl"
-        if log.is_file():
-            best = max(best, sum(1 for line in log.read_text().splitlines() if line.strip()))
-    return best
+    folders = (REPO / "runs" / "repro" / run, REPO / "results" / "cifar10" / f"{run}_stopped")
+    return max(log_epochs(f / "log.jsonl") for f in folders)
 
 
 def newer_runs(runs: list[dict[str, Any]]) -> set[str]:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import codec
 import numpy as np
-from files import MIB, sha256_file
+from files import MIB, RUN_FILES, log_epochs, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = ".devdata"  # relative to the repository root; git-ignored
@@ -65,6 +65,8 @@ README_SHA256 = {
 REPRO = "scripts/reproduce_cifar10.sh"
 RUN_SH = "scripts/device/run.sh"
 RESUME = "resume"  # .devdata/resume.json and .devdata/resume/<run>.tar
+# Where a finished run's summary.json is: its run folder, or its results committed here.
+FINISHED_DIRS = (REPO / "runs" / "repro", REPO / "results" / "cifar10")
 BENCH = (
     "python3 -m benchmarks.bench_train_gpu --models gated_resnet32 --paths eager,captured --epochs 2 "
     '--streams 3 --budget-s 45 --out "$OUT/train_gpu.jsonl" 2>&1 | tail -25'
@@ -235,15 +237,6 @@ for n in "$@"; do args_for "$n" >/dev/null; run_name "$n"; done"""
     return _bash(code, env, *names)
 
 
-def finished_dirs() -> list[Path]:
-    """Where a finished run's summary.json is: its run folder, or its results committed here."""
-    return [REPO / "runs" / "repro", REPO / "results" / "cifar10"]
-
-
-def log_epochs(log: Path) -> int:
-    return sum(1 for line in log.read_text().splitlines() if line.strip()) if log.is_file() else 0
-
-
 def bundle_runs(out: Path, folders: list[str]) -> dict | None:
     """.devdata/resume/<run>.tar for each stopped run of ``folders`` in runs/repro/, and resume.json."""
     rdir = out / RESUME
@@ -255,7 +248,7 @@ def bundle_runs(out: Path, folders: list[str]) -> dict | None:
         rdir.mkdir(exist_ok=True)
         tar_path = rdir / f"{folder}.tar"
         with tarfile.open(tar_path, "w") as tar:
-            for f in ("last.pt", "log.jsonl", "config.yaml"):
+            for f in RUN_FILES:
                 if (src / f).is_file():
                     tar.add(src / f, f"runs/repro/{folder}/{f}")
         entries.append(
@@ -404,7 +397,7 @@ def main() -> None:
     names = args.runs.split() if args.runs else default_runs(args.recipe)
     folders = run_folders(names, args.recipe, args.epochs, args.seed, args.device)
     # A finished run would start again from epoch 0 on the device (nothing to resume): leave it out.
-    finished = [f for f in folders if any((d / f / "summary.json").is_file() for d in finished_dirs())]
+    finished = [f for f in folders if any((d / f / "summary.json").is_file() for d in FINISHED_DIRS)]
     for f in finished:
         print(f"run {f}: finished already (its summary.json is here): left out of the job")
     todo = [(n, f) for n, f in zip(names, folders, strict=True) if f not in finished]
