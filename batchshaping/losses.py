@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 
 from batchshaping.gates import GateOutput
 
-__all__ = ["BatchShapingLoss", "BetaPrior", "Prior", "l0_loss"]
+__all__ = ["BatchShapingLoss", "BetaPrior", "Prior", "l0_loss", "mac_target_loss"]
 
 #: Default clip of the prior density in the batch-shaping gradient (the authors' reference code clips the
 #: density to [1e-3, 100]), see :class:`BatchShapingLoss`.
@@ -466,3 +466,26 @@ def l0_loss(
         num = num + (p @ w).mean()
         den = den + w.sum()
     return num / den if reduction == "mean" else num
+
+
+def mac_target_loss(macs: Tensor, dense: float, target: float | Tensor) -> Tensor:
+    """A compute budget: ``(mean(macs) / dense - target)^2``, 0 when the batch's mean cost is on target.
+
+    Args:
+        macs: (N,) per-image MACs, differentiable w.r.t. the gates; the expected MACs of
+            :meth:`MacCounter.conditional` with ``expected=True`` (computed from the gate probabilities, so
+            the gradient is exact, not the straight-through estimate of the sampled gates).
+        dense: the dense twin's MACs (``MacCounter.dense``), so ``target`` is a fraction of it.
+        target: the mean MAC ratio to reach, e.g. 0.585 for a gated ResNet-32 at ResNet-20's cost.
+
+    Why this form: it is DGNet's FLOPs loss (Li et al., ICCV 2021), a two-sided pull on the budget of the
+    *whole batch*, so each image may spend more or less than the target (the conditional compute that
+    batch-shaping aims for); ConvNet-AIG's per-layer target rates (Veit & Belongie, ECCV 2018) would fix
+    every layer's rate instead. Unlike a fixed L0 weight it does not need a new weight for every model,
+    schedule and length: its weight only has to be large enough to hold the budget against the task loss
+    (the offset from the target shrinks as 1 / weight). Returns a float32 (or float64) scalar.
+    """
+    if macs.dim() != 1:
+        raise ValueError(f"mac_target_loss: macs must be (N,) per-image MACs, got {tuple(macs.shape)}")
+    ratio = macs.mean() / dense
+    return (ratio - target).square()

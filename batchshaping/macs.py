@@ -73,16 +73,18 @@ class MacCounter:
 
         return hook
 
-    def conditional(self, outputs: Sequence[GateOutput]) -> Tensor:
+    def conditional(self, outputs: Sequence[GateOutput], expected: bool = False) -> Tensor:
         """Per-image MACs (N,) for the gates in ``outputs`` (from :func:`gate_outputs`).
 
-        Without outputs (a dense model) the dense count is returned as a 0-d tensor.
+        ``expected=False``: the realised gates (``mask``); ``True``: the expected MACs under the gate-on
+        probabilities (``probs``), exact for independent gates, and differentiable without the
+        straight-through estimate. Without outputs (a dense model) the dense count is a 0-d tensor.
         """
         total: Tensor | float = float(self.dense + self.gate_macs)
         for out in outputs:
             prefix, block = self._block(out.name)
             # Realised counts in float64: float32 would round a 40M count by a few MACs.
-            gates = out.mask.double()
+            gates = (out.probs if expected else out.mask).double()
             for conv, (f_in, f_out) in block.gated_convs(gates).items():
                 dense = self.layers[f"{prefix}.{conv}" if prefix else conv]
                 total = total - dense + dense * f_in * f_out

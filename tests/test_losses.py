@@ -506,3 +506,16 @@ def test_l0_loss_bad_input():
         l0_loss(outs, weights=[torch.ones(3), torch.ones(4)])
     with pytest.raises(ValueError, match=r"\(N, G\)"):
         l0_loss([torch.rand(5)])
+
+
+def test_mac_target_loss_is_zero_on_target_and_pulls_towards_it():
+    from batchshaping.losses import mac_target_loss
+
+    macs = torch.tensor([30.0, 50.0], requires_grad=True)  # mean 40 of a dense 100
+    assert mac_target_loss(macs, 100.0, 0.4).item() == 0.0
+    loss = mac_target_loss(macs, 100.0, 0.3)
+    assert loss.item() == pytest.approx(0.01)
+    loss.backward()
+    assert torch.all(macs.grad > 0)  # above the budget: every image is pushed down
+    with pytest.raises(ValueError, match=r"macs must be \(N,\) per-image MACs"):
+        mac_target_loss(torch.ones(2, 2), 100.0, 0.3)

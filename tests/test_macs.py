@@ -93,3 +93,29 @@ def test_dense_model_conditional_macs_equal_dense():
     model = bs.create_model("resnet20").eval()
     macs = bs.conditional_macs(model, torch.randn(3, 3, 32, 32))
     assert macs.shape == (3,) and torch.all(macs == bs.dense_macs(model, (3, 32, 32)))
+
+
+def test_expected_macs_are_the_mean_of_sampled_macs_and_differentiable():
+    """expected=True counts with the gate probabilities: for independent Bernoulli gates (a Bottleneck's
+    conv2 is bilinear in two gates) it is the mean cost of masks sampled from them, and it has a gradient."""
+    model = bs.create_model("gated_resnet50").eval()
+    counter = MacCounter(model, (3, 64, 64))
+    model(torch.randn(2, 3, 64, 64))
+    g = torch.Generator().manual_seed(0)
+    outs = [o._replace(probs=torch.rand(o.probs.shape, generator=g)) for o in bs.gate_outputs(model)]
+    for o in outs:
+        o.probs.requires_grad_(True)
+    expected = counter.conditional(outs, expected=True)
+    assert expected.dtype == torch.float64 and expected.requires_grad
+    samples = torch.stack(
+        [
+            counter.conditional(
+                [o._replace(mask=torch.bernoulli(o.probs.detach(), generator=g)) for o in outs]
+            )
+            for _ in range(400)
+        ]
+    )
+    mean, sem = samples.mean(0), samples.std(0) / 400**0.5
+    assert torch.all((expected.detach() - mean).abs() < 4 * sem)
+    expected.sum().backward()
+    assert all(o.probs.grad is not None and o.probs.grad.abs().sum() > 0 for o in outs)

@@ -59,6 +59,11 @@ def init_resnet_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _fraction(mask: Tensor) -> Tensor:
+    """(N,) fraction of open channels of an (N, G) mask or probability tensor; float64 stays float64."""
+    return mask.to(torch.promote_types(mask.dtype, torch.float32)).mean(1)
+
+
 def _apply_mask(out: Tensor, mask: Tensor) -> Tensor:
     """out (N, C, H, W) * mask (N, C) broadcast over H, W; keeps out's dtype (bf16 under autocast)."""
     return out * mask.to(out.dtype)[:, :, None, None]
@@ -105,7 +110,7 @@ class BasicBlock(nn.Module):
 
         mask: (N, G) 0/1 gates (or probabilities, for expected MACs).
         """
-        f = mask.float().mean(1)
+        f = _fraction(mask)
         one = torch.ones_like(f)
         return {"conv1": (one, f), "conv2": (f, one)}
 
@@ -160,7 +165,7 @@ class Bottleneck(nn.Module):
 
     def gated_convs(self, mask: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         """Per-sample (open input fraction, open output fraction) of each gated conv; see BasicBlock."""
-        f1 = mask[:, : self.width].float().mean(1)
-        f2 = mask[:, self.width :].float().mean(1)
+        f1 = _fraction(mask[:, : self.width])
+        f2 = _fraction(mask[:, self.width :])
         one = torch.ones_like(f1)
         return {"conv1": (one, f1), "conv2": (f1, f2), "conv3": (f2, one)}
