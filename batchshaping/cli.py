@@ -6,8 +6,10 @@ User errors (bad config, missing data, bad checkpoint, a diverged run) print one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,11 +20,13 @@ SET_HELP = """\
 Override any config key, dotted by section; repeatable. Examples:
   --set epochs=30 --set optim.lr=0.05 --set data.batch_size=128
   --set loss.l0_weight=1e-3 --set loss.bs_end=0.1 --set precision=fp32
+  --set loss.macs_target=0.585 (a compute budget)  --set max_time=2h30m (stop in time)
 Sections: data.* (batch_size, root, train_subset, ...), optim.* (lr, weight_decay,
-lr_milestones, ...), loss.* (bs_weight, bs_end, l0_weight, l0_start, l0_end, ...),
-gate.* (hidden, tau, bias_init, noise); top level: model, epochs, seed, device,
-precision, pretrained, eval_every, threads, ... Every schedule point is a fraction of
-the epochs. An unknown key's error names the closest valid ones."""
+lr_milestones, ...), loss.* (bs_weight, bs_end, l0_weight, l0_start, l0_end,
+macs_target, macs_weight, ...), gate.* (hidden, tau, bias_init, noise); top level:
+model, epochs, seed, device, precision, step, max_time, pretrained, eval_every,
+threads, progress, ... Every schedule point is a fraction of the epochs. An unknown
+key's error names the closest valid ones."""
 
 #: Optional dependencies, by the extra of the package that installs them.
 EXTRAS = {
@@ -53,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.run_folder = out  # for the Ctrl-C message
     summary = train(cfg, out, args.data_dir, args.resume)
     shutdown_distributed()
+    if "stopped_after" in summary:  # max_time: fit said where it stopped and how to continue
+        return 0
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         print(summary_text(summary))
         print(f"wrote {out}/summary.json, log.jsonl, last.pt, best.pt, config.yaml, tb/")
@@ -119,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint on its data set's test split")
     e.add_argument("checkpoint", help="a .pt file or a run folder (its last.pt)")
     e.add_argument("--data-dir", help="dataset folder (default: the one the run was trained on)")
-    e.add_argument("--batch-size", type=int, help="default: the config's data.eval_batch_size")
+    e.add_argument("--batch-size", type=_positive_int, help="default: the config's data.eval_batch_size")
     e.add_argument(
         "--download", action="store_true", help="download the official CIFAR-10 archive if missing"
     )
@@ -129,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("checkpoint", help="a .pt file or a run folder (its last.pt)")
     a.add_argument("--out", required=True, help="folder for report.md, the plots and the numbers")
     a.add_argument("--data-dir", help="CIFAR-10 folder (default: the one the run was trained on)")
-    a.add_argument("--max-images", type=int, default=None, help="analyse only the first N test images")
+    a.add_argument(
+        "--max-images", type=_positive_int, default=None, help="analyse only the first N test images"
+    )
     a.set_defaults(func=cmd_analyze)
 
     c = sub.add_parser("compare", help="accuracy versus MACs across run folders")
@@ -137,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="folder for compare.md and the plot")
     c.set_defaults(func=cmd_compare)
     return p
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse then prints the usage line and exits with status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _usage(message: str) -> Exception:
@@ -160,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         PermissionError,
     )
+    # A scheduler's SIGTERM (a cluster's time limit, `timeout`, `kill`) ends the command like Ctrl-C: the
+    # run keeps its last checkpoint and says how to continue, instead of dying without a word.
+    previous = None
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread (main() called from a thread)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return args.func(args)
     except ModuleNotFoundError as e:
@@ -178,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(_interrupted(args), file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _interrupted(args: argparse.Namespace) -> str:

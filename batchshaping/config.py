@@ -9,7 +9,9 @@ epoch 100, L0 ramped over epochs 100-300) is ``lr_milestones: [0.6, 0.75, 0.9]``
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -70,6 +72,11 @@ class LossConfig:
     l0_start: float = 0.2  # ... ramped linearly from 0 at l0_start to l0_weight at l0_end (fractions)
     l0_end: float = 0.6
     l0_reduction: str = "sum"  # mean | sum | macs (see l0_loss / MacCounter.gate_costs)
+    # A compute budget instead of (or beside) a fixed L0 weight: the mean expected MACs of a batch, as a
+    # fraction of the dense twin's, are pulled to macs_target by macs_weight * (ratio - macs_target)^2
+    # (DGNet's FLOPs loss; see losses.mac_target_loss). macs_weight is ramped like L0 (l0_start -> l0_end).
+    macs_target: float | None = None  # None: no budget term
+    macs_weight: float = 20.0
 
 
 @dataclass
@@ -93,8 +100,13 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # CPU threads for torch (None: torch's default, one per core)
-    progress: bool = True
+    # A progress bar on stderr: None (default) draws it only when stderr is a terminal (a log file gets the
+    # one line per epoch with its ETA, not a carriage-return update per step); true/false force it.
+    progress: bool | None = None
     checkpoint_every: int = 1  # epochs
+    # Wall-time limit of this process ("2h30m", "150m", "90s", or seconds): the run stops after the last
+    # epoch that fits, judged from its own epoch times, with last.pt written; --resume continues it.
+    max_time: float | str | None = None
     # Warm start: a dense checkpoint of this package (best.pt / last.pt), a plain state_dict or a
     # torchvision-named .pth; the gated model takes every backbone weight, only its gates start fresh.
     pretrained: str | None = None
@@ -183,8 +195,6 @@ def config_keys(obj: Any = None, prefix: str = "") -> list[str]:
 
 def _suggest(key: str, prefix: str) -> str:
     """'; did you mean 'optim.lr'?' for a key that exists in another section, else the valid keys."""
-    import difflib
-
     keys = config_keys()
     same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == key]
     here = sorted(k[len(prefix) :] for k in keys if k.startswith(prefix))
@@ -298,22 +308,114 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
+def parse_duration(value: float | str) -> float:
+    """Seconds of a duration: a number of seconds (9000, "9000") or hours/minutes/seconds ("2h30m", "150m",
+    "1h", "90s", "1.5h"). ValueError naming the accepted forms otherwise, or for a duration <= 0."""
+    text = str(value).strip().lower()
+    m = re.fullmatch(r"(?:(\d+(?:\.\d*)?)h)?\s*(?:(\d+(?:\.\d*)?)m)?\s*(?:(\d+(?:\.\d*)?)s?)?", text)
+    if not text or m is None or not any(m.groups()):
+        raise ValueError(f"{value!r} is not a duration; write e.g. 2h30m, 150m, 90s or 9000 (seconds)")
+    h, mins, secs = (float(g) if g else 0.0 for g in m.groups())
+    seconds = 3600 * h + 60 * mins + secs
+    if not seconds > 0:
+        raise ValueError(f"{value!r} is not a positive duration")
+    return seconds
+
+
+#: Numeric keys and the range each must lie in: (low, high, low inclusive, high inclusive); None: unbounded.
+_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "epochs": (1, None, True, True),
+    "eval_every": (1, None, True, True),
+    "checkpoint_every": (1, None, True, True),
+    "threads": (1, None, True, True),
+    "num_classes": (1, None, True, True),
+    "data.batch_size": (2, None, True, True),
+    "data.eval_batch_size": (1, None, True, True),
+    "data.workers": (0, None, True, True),
+    "data.image_size": (1, None, True, True),
+    "data.train_subset": (1, None, True, True),
+    "data.test_subset": (1, None, True, True),
+    "optim.lr": (0, None, False, True),
+    "optim.momentum": (0, 1, True, False),
+    "optim.weight_decay": (0, None, True, True),
+    "optim.lr_gamma": (0, None, False, True),
+    "optim.warmup": (0, 1, True, True),
+    "optim.backbone_lr_factor": (0, None, True, True),
+    "loss.bs_weight": (0, None, True, True),
+    "loss.bs_alpha": (0, None, False, True),
+    "loss.bs_beta": (0, None, False, True),
+    "loss.bs_end": (0, 1, True, True),
+    "loss.l0_weight": (0, None, True, True),
+    "loss.l0_start": (0, 1, True, True),
+    "loss.l0_end": (0, 1, True, True),
+    "loss.macs_target": (0, 1, False, True),
+    "loss.macs_weight": (0, None, True, True),
+    "gate.hidden": (1, None, True, True),
+    "gate.tau": (0, None, False, True),
+}
+
+#: Why a key has its range, where the bare interval would not say it.
+_RANGE_WHY = {
+    "data.batch_size": " (batch-shaping needs a batch)",
+    "loss.bs_end": " (a fraction of training)",
+    "loss.l0_start": " (a fraction of training)",
+    "loss.l0_end": " (a fraction of training)",
+    "optim.warmup": " (a fraction of training)",
+    "loss.macs_target": " (a fraction of the dense MACs)",
+    "loss.bs_weight": " (a negative weight rewards the opposite of the loss)",
+    "loss.l0_weight": " (a negative weight rewards the opposite of the loss)",
+    "loss.macs_weight": " (a negative weight rewards the opposite of the loss)",
+}
+
+
+def _interval(low: float | None, high: float | None, low_in: bool, high_in: bool) -> str:
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def _check_range(key: str, value: float) -> None:
+    low, high, low_in, high_in = _RANGES[key]
+    below = low is not None and (value < low or (value == low and not low_in))
+    above = high is not None and (value > high or (value == high and not high_in))
+    if below or above or value != value:  # value != value: NaN
+        raise ConfigError(
+            f"config key {key!r} must be {_interval(low, high, low_in, high_in)}{_RANGE_WHY.get(key, '')}, "
+            f"got {value}"
+        )
+
+
 def validate(cfg: TrainConfig) -> None:
-    """Cross-field checks that a single type check cannot do."""
-    if cfg.epochs < 1:
-        raise ConfigError(f"config key 'epochs' must be >= 1, got {cfg.epochs}")
-    if cfg.data.batch_size < 2:
-        raise ConfigError("config key 'data.batch_size' must be >= 2 (batch-shaping needs a batch)")
-    for key in ("bs_end", "l0_start", "l0_end"):
-        v = getattr(cfg.loss, key)
-        if not 0 <= v <= 1:
-            raise ConfigError(f"config key 'loss.{key}' is a fraction of training in [0, 1], got {v}")
+    """Cross-field and range checks that a single type check cannot do."""
+    for key in _RANGES:
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        if node is not None:
+            _check_range(key, node)
+    from batchshaping.models import list_models
+
+    if cfg.model not in list_models():
+        close = difflib.get_close_matches(cfg.model, list_models(), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(repr(m) for m in close)}? " if close else ""
+        raise ConfigError(
+            f"config key 'model': unknown model {cfg.model!r}; {hint}known models: {', '.join(list_models())}"
+        )
+    if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", cfg.device):
+        raise ConfigError(f"config key 'device' must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    milestones = cfg.optim.lr_milestones
+    if any(not 0 < m <= 1 for m in milestones) or milestones != sorted(set(milestones)):
+        raise ConfigError(
+            "config key 'optim.lr_milestones' holds increasing fractions of training in (0, 1] "
+            f"(e.g. [0.6, 0.75, 0.9]), got {milestones}"
+        )
+    if cfg.max_time is not None:
+        try:
+            parse_duration(cfg.max_time)
+        except ValueError as e:
+            raise ConfigError(f"config key 'max_time': {e}") from None
     if cfg.loss.l0_end < cfg.loss.l0_start:
         raise ConfigError("config key 'loss.l0_end' must be >= 'loss.l0_start'")
-    if any(not 0 < m <= 1 for m in cfg.optim.lr_milestones):
-        raise ConfigError(
-            f"config key 'optim.lr_milestones' holds fractions in (0, 1], got {cfg.optim.lr_milestones}"
-        )
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -35,6 +35,7 @@ RESUME_OVERRIDABLE = {
     "progress",
     "data.eval_batch_size",
     "step",
+    "max_time",
 }
 
 

@@ -14,10 +14,10 @@ branches on values that change during training, so that it can run on one of thr
 
 Where it differs from TrainStep, and why:
 
-* Schedules: lr, w_bs and w_l0 live on the device (:class:`ScheduleTensors`, a (3,) float64 tensor) and
-  are filled in place before each step with the host's ``schedule(cfg, t)`` values; the graph reads them
-  from there, so it is never recaptured when they change.
-* Gate losses: both are always computed and multiplied by their weight tensors (TrainStep skips a loss
+* Schedules: lr, w_bs, w_l0 and w_macs live on the device (:class:`ScheduleTensors`, a (4,) float64
+  tensor) and are filled in place before each step with the host's ``schedule(cfg, t)`` values; the
+  graph reads them from there, so it is never recaptured when they change.
+* Gate losses: all are always computed and multiplied by their weight tensors (TrainStep skips a loss
   whose weight is 0: a branch on a host value). A weight of 0 adds exactly 0 to the loss and gradients
   (unless the gates are already NaN, a diverged run either way); the logged loss is 0 then, as in TrainStep.
 * Optimizer: :func:`sgd_update`, torch.optim.SGD's update (weight decay, momentum, dampening, Nesterov)
@@ -77,7 +77,7 @@ WARMUP_STEPS = 3
 
 
 class ScheduleTensors:
-    """(lr, w_bs, w_l0) as a (3,) float64 tensor on ``device``, updated in place.
+    """(lr, w_bs, w_l0, w_macs) as a (4,) float64 tensor on ``device``, updated in place.
 
     :meth:`fill` writes the values of :func:`~batchshaping.train.schedule` (Python floats) with one fill
     kernel each: no host buffer that the host could overwrite before the device reads it, no sync, and the
@@ -85,14 +85,15 @@ class ScheduleTensors:
     """
 
     def __init__(self, device: torch.device | str) -> None:
-        self.values = torch.zeros(3, dtype=torch.float64, device=device)
-        self.lr, self.w_bs, self.w_l0 = self.values.unbind()  # 0-d views of values
+        self.values = torch.zeros(4, dtype=torch.float64, device=device)
+        self.lr, self.w_bs, self.w_l0, self.w_macs = self.values.unbind()  # 0-d views of values
 
-    def fill(self, lr: float, w_bs: float, w_l0: float) -> None:
-        for slot, value in zip((self.lr, self.w_bs, self.w_l0), (lr, w_bs, w_l0), strict=True):
+    def fill(self, lr: float, w_bs: float, w_l0: float, w_macs: float = 0.0) -> None:
+        slots = (self.lr, self.w_bs, self.w_l0, self.w_macs)
+        for slot, value in zip(slots, (lr, w_bs, w_l0, w_macs), strict=True):
             slot.fill_(value)
 
-    def set_progress(self, cfg: TrainConfig, t: float) -> tuple[float, float, float]:
+    def set_progress(self, cfg: TrainConfig, t: float) -> tuple[float, float, float, float]:
         """Fill the values at training progress ``t`` in [0, 1]; return them as floats."""
         values = schedule(cfg, t)
         self.fill(*values)
@@ -174,8 +175,18 @@ def unsupported(step: TrainStep, world_size: int = 1) -> str | None:
     return None
 
 
-def choose_path(requested: str, step: TrainStep, world_size: int = 1) -> tuple[str, str]:
-    """(path, reason) for the config's ``step`` value (auto | eager | compile | graph) and this run."""
+#: ``step: auto`` compiles a gated model's step on CPU when at least this many steps are left: compiled,
+#: gated_resnet32's bf16 step is ~0.2 s (1.5x) faster on a 2-core Xeon, which wins back a cold compilation
+#: (~160 s) in ~800 steps (benchmarks/README.md, "The compiled step on CPU"). Dense CIFAR ResNets gain
+#: nothing measurable and stay eager.
+AUTO_COMPILE_MIN_STEPS = 2000
+
+
+def choose_path(
+    requested: str, step: TrainStep, world_size: int = 1, steps_left: int | None = None
+) -> tuple[str, str]:
+    """(path, reason) for the config's ``step`` value (auto | eager | compile | graph) and this run with
+    ``steps_left`` training steps to go (None: unknown, as for a short run)."""
     if requested == "eager":
         return "eager", "step=eager"
     why_not = unsupported(step, world_size)
@@ -191,8 +202,13 @@ def choose_path(requested: str, step: TrainStep, world_size: int = 1) -> tuple[s
         )
     if requested == "graph":
         return "eager", f"step=graph needs CUDA graphs; {step.device.type} runs eagerly"
-    # Measured on CPU (benchmarks/README.md): compiled steps are faster, after minutes of compiling.
     cpu = step.device.type == "cpu"
+    long_run = steps_left is not None and steps_left >= AUTO_COMPILE_MIN_STEPS
+    if cpu and requested == "auto" and getattr(step, "gated", False) and long_run:
+        return "compiled", (
+            f"step=auto on cpu: a gated model with {steps_left} steps to go, where compiling (minutes, once "
+            "per process) pays; --set step=eager to skip it"
+        )
     hint = "; a long run may go faster with --set step=compile (benchmarks/README.md)" if cpu else ""
     return "eager", f"step=auto on {step.device.type}: nothing to capture{hint}"
 
@@ -203,11 +219,15 @@ def compile_mode_for(device: torch.device) -> str:
 
 
 def choose_train_step(
-    step: TrainStep, cfg: TrainConfig, world_size: int = 1, verbose: bool = True
+    step: TrainStep,
+    cfg: TrainConfig,
+    world_size: int = 1,
+    verbose: bool = True,
+    steps_left: int | None = None,
 ) -> TrainStep | FastTrainStep:
     """The step :func:`~batchshaping.train.fit` runs: ``step`` itself or a FastTrainStep around it, by the
     config's ``step`` key (see :func:`choose_path`); prints "training step: <path> (<reason>)"."""
-    path, reason = choose_path(cfg.step, step, world_size)
+    path, reason = choose_path(cfg.step, step, world_size, steps_left)
     if verbose:
         print(f"training step: {path} ({reason})", flush=True)
     if path == "eager":
@@ -221,9 +241,9 @@ class FastTrainStep:
 
     Built around an eager :class:`~batchshaping.train.TrainStep` (its model, optimizer, task, losses and
     MAC counter), which also runs every step if a capture fails. Called like it:
-    ``step(x, y, lr, w_bs, w_l0)`` with x (N, C, H, W), y (N,) on the device and the scheduled values as
-    floats; returns (len(STATS) + 1,) stats: each statistic weighted by N, then N (a static output of the
-    graph when captured: read or add it before the next call).
+    ``step(x, y, lr, w_bs, w_l0, w_macs)`` with x (N, C, H, W), y (N,) on the device and the scheduled
+    values as floats; returns (len(STATS) + 1,) stats: each statistic weighted by N, then N (a static
+    output of the graph when captured: read or add it before the next call).
 
     Args:
         eager: the TrainStep to reproduce (and to fall back to).
@@ -278,16 +298,19 @@ class FastTrainStep:
         params = [p for g in groups for p in g["params"]]
         self._lr_dtype = torch.float32 if all(p.dtype == torch.float32 for p in params) else torch.float64
 
-    def __call__(self, x: Tensor, y: Tensor, lr: float, w_bs: float, w_l0: float) -> Tensor:
+    def __call__(
+        self, x: Tensor, y: Tensor, lr: float, w_bs: float, w_l0: float, w_macs: float = 0.0
+    ) -> Tensor:
+        sched = (lr, w_bs, w_l0, w_macs)
         if self.fallback is not None:
-            return self.fallback(x, y, lr, w_bs, w_l0)
+            return self.fallback(x, y, *sched)
         for group, factor in zip(self.optimizer.param_groups, self._factors, strict=True):
             group["lr"] = lr * factor  # what TrainStep sets: the state_dict stays the same (unused here)
-        self.sched.fill(lr, w_bs, w_l0)
+        self.sched.fill(*sched)
         if self.path == "compiled" and self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed
         if not self.capture:
-            return self._step(x, y) if self._warm else self._first(x, y, (lr, w_bs, w_l0))
+            return self._step(x, y) if self._warm else self._first(x, y, sched)
         signature = (x.shape, x.dtype, y.shape, y.dtype)
         self._signature = self._signature or signature
         if signature != self._signature:  # another batch size: the same step, uncaptured
@@ -301,7 +324,7 @@ class FastTrainStep:
             return stats
         if self._warm < self.warmup:
             return self._timed(x, y, side_stream=True)
-        return self._capture(x, y, (lr, w_bs, w_l0))
+        return self._capture(x, y, sched)
 
     # ------------------------------------------------------------------------------ the step itself
 
@@ -315,9 +338,9 @@ class FastTrainStep:
 
     def _forward_losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """(loss 0-d, stats (len(STATS) + 1,)) of TrainStep, the gate losses weighted by device tensors."""
-        w_bs, w_l0 = self.sched.values[1:].to(torch.float32).unbind()  # the losses' dtype, as floats are
+        w_bs, w_l0, w_macs = self.sched.values[1:].to(torch.float32).unbind()  # the losses' dtype
         # No weight-cast cache: cached casts would outlive the capture that made them.
-        return self.eager.forward_losses(x, y, w_bs, w_l0, cache_casts=False)
+        return self.eager.forward_losses(x, y, w_bs, w_l0, w_macs, cache_casts=False)
 
     def _update(self, grads: list[list[Tensor | None]]) -> None:
         neg_lrs = (self.sched.lr * self._neg_factors).to(self._lr_dtype)
@@ -343,7 +366,7 @@ class FastTrainStep:
         self.warmup_s += time.perf_counter() - t0
         return stats
 
-    def _first(self, x: Tensor, y: Tensor, sched: tuple[float, float, float]) -> Tensor:
+    def _first(self, x: Tensor, y: Tensor, sched: tuple[float, ...]) -> Tensor:
         """The first uncaptured step, timed; where it compiles, a compilation error hands over to the eager
         step (compiled code runs before the update, so the batch has not been trained on)."""
         try:
@@ -354,7 +377,7 @@ class FastTrainStep:
             self._fall_back(f"compilation failed: {_first_error(e)}")
             return self.fallback(x, y, *sched)  # type: ignore[misc]
 
-    def _capture(self, x: Tensor, y: Tensor, sched: tuple[float, float, float]) -> Tensor:
+    def _capture(self, x: Tensor, y: Tensor, sched: tuple[float, ...]) -> Tensor:
         """Capture the step on static copies of (x, y), then replay it once for this batch. On any error
         the eager TrainStep takes over (the batch is then trained by it)."""
         t0 = time.perf_counter()

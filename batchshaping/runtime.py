@@ -39,7 +39,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def machine_description(device: torch.device) -> str:
-    """E.g. "AMD EPYC, 2 cores, 2 threads" or the CUDA device name, for results tables."""
+    """E.g. "AMD EPYC 9B14 (no fast bf16), 2 cores, 2 threads" or the CUDA device name, for results."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = platform.processor() or platform.machine()
@@ -48,14 +48,20 @@ def machine_description(device: torch.device) -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    bf16 = "AVX512-BF16/AMX" if cpu_has_fast_bf16() else "no fast bf16"
+    return f"{cpu} ({bf16}), {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+        from batchshaping.config import ConfigError
+
+        raise ConfigError(
+            f"device {name!r} requested but this torch sees no CUDA device ({torch.__version__}); "
+            "use --set device=cpu (or auto)"
+        )
     return torch.device(name)
 
 

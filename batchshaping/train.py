@@ -1,9 +1,10 @@
 """Training: one loop for dense and gated models, every data set, on CPU, CUDA and under torchrun.
 
     loss = task loss + w_bs(t) * BatchShapingLoss(probs of all gates) + w_l0(t) * l0_loss(gate outputs)
+                     + w_macs(t) * mac_target_loss(expected MACs, target)     (with loss.macs_target)
 
-with t in [0, 1] the training progress, w_bs decayed linearly to 0 at ``loss.bs_end`` and w_l0 ramped
-from ``loss.l0_start`` to ``loss.l0_end`` (see :mod:`batchshaping.schedules`). Read top to bottom:
+with t in [0, 1] the training progress, w_bs decayed linearly to 0 at ``loss.bs_end`` and w_l0, w_macs
+ramped from ``loss.l0_start`` to ``loss.l0_end`` (see :mod:`batchshaping.schedules`). Read top to bottom:
 :func:`fit` sets a run up and loops over epochs; :func:`train_epoch` loops over batches;
 :class:`TrainStep` is one optimisation step, the unit a compiled or captured fast path replaces.
 """
@@ -23,10 +24,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from batchshaping.checkpoint import TrainingState
-from batchshaping.config import ConfigError, TrainConfig, dump_config
+from batchshaping.config import ConfigError, TrainConfig, dump_config, parse_duration
 from batchshaping.evaluation import evaluate
 from batchshaping.gates import ChannelGate, GateOutput, gate_outputs
-from batchshaping.losses import BatchShapingLoss, l0_loss
+from batchshaping.losses import BatchShapingLoss, l0_loss, mac_target_loss
 from batchshaping.macs import MacCounter
 from batchshaping.runtime import (
     autocast,
@@ -40,7 +41,16 @@ from batchshaping.schedules import linear_decay, linear_ramp, step_lr
 from batchshaping.tasks import ClassificationTask
 
 #: The per-step statistics of :class:`TrainStep`, averaged over an epoch into the log.
-STATS = ("train_loss", "train_ce", "train_bs", "train_l0", "train_acc", "train_open", "train_mac_ratio")
+STATS = (
+    "train_loss",
+    "train_ce",
+    "train_bs",
+    "train_l0",
+    "train_macs",
+    "train_acc",
+    "train_open",
+    "train_mac_ratio",
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,13 +96,16 @@ def batch_shaping_input(outs: list[GateOutput], sync: bool) -> Tensor:
     return probs
 
 
-def schedule(cfg: TrainConfig, t: float) -> tuple[float, float, float]:
-    """(learning rate, batch-shaping weight, L0 weight) at training progress ``t`` in [0, 1]."""
+def schedule(cfg: TrainConfig, t: float) -> tuple[float, float, float, float]:
+    """(learning rate, batch-shaping weight, L0 weight, MAC-target weight) at training progress ``t`` in
+    [0, 1]. The MAC-target weight is 0 without ``loss.macs_target``."""
     oc, lc = cfg.optim, cfg.loss
+    w_macs = lc.macs_weight if lc.macs_target is not None else 0.0
     return (
         step_lr(t, oc.lr, oc.lr_milestones, oc.lr_gamma, oc.warmup),
         linear_decay(t, lc.bs_weight, lc.bs_end),
         linear_ramp(t, lc.l0_weight, lc.l0_start, lc.l0_end),
+        linear_ramp(t, w_macs, lc.l0_start, lc.l0_end),
     )
 
 
@@ -125,11 +138,14 @@ class TrainStep:
         costs = counter.gate_costs() if lc.l0_reduction == "macs" else None
         self.l0_weights = [c.to(self.device) for c in costs] if costs is not None else None
         self.l0_reduction = "mean" if self.l0_weights is not None else lc.l0_reduction
+        self.macs_target = lc.macs_target if lc.macs_target is not None else 0.0
 
-    def __call__(self, x: Tensor, y: Tensor, lr: float, w_bs: float, w_l0: float) -> Tensor:
+    def __call__(
+        self, x: Tensor, y: Tensor, lr: float, w_bs: float, w_l0: float, w_macs: float = 0.0
+    ) -> Tensor:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_factor", 1.0)
-        loss, stats = self.forward_losses(x, y, w_bs, w_l0)
+        loss, stats = self.forward_losses(x, y, w_bs, w_l0, w_macs)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -137,7 +153,13 @@ class TrainStep:
         return stats
 
     def forward_losses(
-        self, x: Tensor, y: Tensor, w_bs: float | Tensor, w_l0: float | Tensor, cache_casts: bool = True
+        self,
+        x: Tensor,
+        y: Tensor,
+        w_bs: float | Tensor,
+        w_l0: float | Tensor,
+        w_macs: float | Tensor = 0.0,
+        cache_casts: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """(loss 0-d, stats (len(STATS) + 1,)) of one batch.
 
@@ -148,7 +170,7 @@ class TrainStep:
         with autocast(self.device, self.amp_dtype, cache_casts):
             logits = self.net(x)
         ce = self.task.loss(logits, y)
-        loss, bs, l0 = ce, ce.new_zeros(()), ce.new_zeros(())
+        loss, bs, l0, macs = ce, ce.new_zeros(()), ce.new_zeros(()), ce.new_zeros(())
         open_frac, mac_ratio = ce.new_ones(()), ce.new_ones(())
         if self.gated:
             outs = gate_outputs(self.model)
@@ -159,15 +181,20 @@ class TrainStep:
             if weights_on_device or w_l0 > 0:
                 l0 = l0_loss(outs, reduction=self.l0_reduction, weights=self.l0_weights)
                 loss = loss + w_l0 * l0
+            if weights_on_device or w_macs > 0:
+                expected = self.counter.conditional(outs, expected=True)
+                macs = mac_target_loss(expected, self.counter.dense, self.macs_target).float()
+                loss = loss + w_macs * macs
             with torch.no_grad():
                 if weights_on_device:
                     bs, l0 = torch.where(w_bs > 0, bs, 0.0), torch.where(w_l0 > 0, l0, 0.0)
+                    macs = torch.where(w_macs > 0, macs, 0.0)
                 open_frac = torch.cat([o.mask for o in outs], 1).mean()
                 mac_ratio = self.counter.conditional(outs).mean() / self.counter.dense
         with torch.no_grad():
             b = len(y)
             correct = self.task.correct(logits, y)
-            stats = [loss * b, ce * b, bs * b, l0 * b, correct, open_frac * b, mac_ratio * b]
+            stats = [loss * b, ce * b, bs * b, l0 * b, macs * b, correct, open_frac * b, mac_ratio * b]
             # new_full fills on the device: new_tensor(b) would copy from the host and wait for the GPU.
             return loss, torch.stack([*stats, ce.new_full((), float(b))]).detach()
 
@@ -179,9 +206,9 @@ def train_epoch(
     steps = len(loader)  # type: ignore[arg-type]
     sums = torch.zeros(len(STATS) + 1, device=step.device)
     for i, (x, y) in enumerate(loader):
-        lr, w_bs, w_l0 = schedule(cfg, (epoch + i / steps) / cfg.epochs)
+        lr, w_bs, w_l0, w_macs = schedule(cfg, (epoch + i / steps) / cfg.epochs)
         try:
-            sums += step(x, y, lr, w_bs, w_l0)
+            sums += step(x, y, lr, w_bs, w_l0, w_macs)
         except ValueError:  # the losses check their inputs: NaN gate probabilities if the weights diverged
             if all(bool(p.isfinite().all()) for p in step.model.parameters()):
                 raise
@@ -199,7 +226,8 @@ def train_epoch(
         if bar is not None:
             bar.update(1)
     mean = (sums[:-1] / sums[-1].clamp(min=1)).tolist()
-    return {**dict(zip(STATS, mean, strict=True)), "lr": lr, "w_bs": w_bs, "w_l0": w_l0}
+    weights = {"lr": lr, "w_bs": w_bs, "w_l0": w_l0, "w_macs": w_macs}
+    return {**dict(zip(STATS, mean, strict=True)), **weights}
 
 
 def fit(
@@ -225,6 +253,7 @@ def fit(
     the run starts), log.jsonl, tb/, last.pt, best.pt and summary.json; ``resume`` continues from
     ``out_dir/last.pt``. ``task``: loss and metrics (default classification).
     """
+    limit = TimeLimit(cfg.max_time, cfg.eval_every)  # counted from here
     task = task or ClassificationTask()
     dist_info = init_distributed()
     device = resolve_device(cfg.device, dist_info.local_rank)
@@ -241,6 +270,12 @@ def fit(
         device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format
     )
     train_loader, test_loader = _loaders(train_data, test_data, cfg, device, dist_info, mean, std)
+    if len(train_loader) == 0:
+        raise ConfigError(
+            f"the training set holds no full batch of data.batch_size={cfg.data.batch_size} "
+            f"(per process: {cfg.data.batch_size // dist_info.world_size}); lower data.batch_size or train "
+            "on more images (data.train_subset)"
+        )
     if input_shape is None:
         input_shape = tuple(next(iter(test_loader))[0].shape[1:])
     counter = MacCounter(model, input_shape)
@@ -252,15 +287,19 @@ def fit(
     from batchshaping.fast_step import choose_train_step  # it imports this module
 
     eager_step = TrainStep(model, net, opt, state.scaler, task, counter, cfg, amp_dtype)
-    step = choose_train_step(eager_step, cfg, dist_info.world_size, verbose=main)
+    steps_left = (cfg.epochs - state.epoch) * len(train_loader)
+    step = choose_train_step(eager_step, cfg, dist_info.world_size, verbose=main, steps_left=steps_left)
     logger = _Logger(out, main)
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"
     if main:
         _announce(out, cfg, device, precision, state.epoch, len(train_loader))
     bar = _progress_bar(cfg, len(train_loader), state.epoch) if main else None
     t_start, wall_before = time.perf_counter(), state.wall_time_s
+    history = _History(out if main else None, state.epoch, device, precision)
+    stopped = False
     try:
         for epoch in range(state.epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
             train_loader.set_epoch(epoch)
             net.train()
             if bar is not None:
@@ -285,13 +324,27 @@ def fit(
                 state.save(out / "last.pt", cfg, num_classes, task.class_names)
                 if is_best:
                     state.save(out / "best.pt", cfg, num_classes, task.class_names)
+            limit.epoch_done(time.perf_counter() - t_epoch)
+            if not last and not limit.next_epoch_fits(dist_info.world_size > 1):
+                stopped = True
+                if main:
+                    print(limit.stop_message(epoch + 1, cfg.epochs, out), flush=True)
+                break
+        history.ended = "max_time" if stopped else "finished"
     except TrainingDiverged as e:  # say what the run leaves behind
+        history.ended = "diverged"
         raise TrainingDiverged(f"{e}; {_what_is_kept(out)}") from None
+    except KeyboardInterrupt:
+        history.ended = "interrupted"
+        raise
     finally:
+        history.write(state.epoch, getattr(step, "path", "eager"))
         logger.close()
         if bar is not None:
             bar.close()
 
+    if stopped:  # no summary.json: the run is not finished
+        return {"model": cfg.model, "config": cfg.name, "epochs": cfg.epochs, "stopped_after": state.epoch}
     summary = {
         "model": cfg.model,
         "config": cfg.name,
@@ -307,6 +360,59 @@ def fit(
 
 
 # ------------------------------------------------------------------------------------ pieces of fit
+
+
+class TimeLimit:
+    """``max_time``: may another epoch start? Judged from this process's own epoch times (training,
+    evaluation and checkpoints), counted from the construction of this object.
+
+    The estimate of the next epoch is the longest of the last ``eval_every`` epochs (so an evaluation epoch
+    is in it), leaving out the process's first epoch once there are others (it carries the compilation of
+    a compiled step and other warm-up). The first epoch always runs.
+    """
+
+    def __init__(self, max_time: float | str | None, eval_every: int = 1) -> None:
+        self.seconds = parse_duration(max_time) if max_time is not None else None
+        self.eval_every = max(1, eval_every)
+        self.start = time.perf_counter()
+        self.epochs: list[float] = []
+
+    def epoch_done(self, seconds: float) -> None:
+        self.epochs.append(seconds)
+
+    def estimate(self) -> float:
+        """Seconds the next epoch is expected to take (0 before the first)."""
+        recent = self.epochs[1:] if len(self.epochs) > 1 else self.epochs
+        return max(recent[-self.eval_every :], default=0.0)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def next_epoch_fits(self, distributed: bool = False) -> bool:
+        """True without a limit; under DDP rank 0 decides for every rank (their clocks differ)."""
+        if self.seconds is None:
+            return True
+        fits = self.elapsed() + self.estimate() <= self.seconds
+        if distributed:
+            flag = torch.tensor([float(fits)], device=_collective_device())
+            dist.broadcast(flag, 0)
+            fits = bool(flag.item())
+        return fits
+
+    def stop_message(self, epoch: int, epochs: int, out: Path | None) -> str:
+        where = f"last.pt and log.jsonl in {out}; continue with: batchshaping train --out {out} --resume"
+        return (
+            f"stopped after epoch {epoch}/{epochs}: max_time {_duration(self.seconds or 0)} leaves no room "
+            f"for another epoch (~{_duration(self.estimate())} each, {_duration(self.elapsed())} elapsed); "
+            + (where if out is not None else "no run folder to continue from")
+        )
+
+
+def _collective_device() -> torch.device:
+    """The device of this rank's collectives: its GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def sgd(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
@@ -419,6 +525,26 @@ def _what_is_kept(out: Path | None) -> str:
     )
 
 
+class _History:
+    """history.jsonl: one line per process that trained the run (a run may continue on other machines):
+    the epochs it trained, how it ended, where, in what precision and with which step."""
+
+    def __init__(self, out: Path | None, from_epoch: int, device: torch.device, precision: str) -> None:
+        self.out, self.from_epoch, self.ended = out, from_epoch, "error"
+        self.start, self.t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.perf_counter()
+        self.where = {"device": str(device), "machine": machine_description(device)}
+        self.where.update(precision=precision, torch=torch.__version__)
+
+    def write(self, to_epoch: int, step_path: str) -> None:
+        if self.out is None or not self.out.is_dir():
+            return
+        record = {"from_epoch": self.from_epoch, "to_epoch": to_epoch, "ended": self.ended}
+        record.update(started=self.start, wall_s=round(time.perf_counter() - self.t0, 1), step=step_path)
+        record.update(self.where)
+        with (self.out / "history.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 class _Logger:
     """JSONL + TensorBoard on rank 0; silent elsewhere."""
 
@@ -450,8 +576,13 @@ class _Logger:
 
 
 def _progress_bar(cfg: TrainConfig, steps: int, start_epoch: int) -> Any:
-    """One bar over every step of the run, so its ETA is the whole run's (None without tqdm/progress)."""
-    if not cfg.progress:
+    """One bar over every step of the run, so its ETA is the whole run's. None without tqdm, with
+    ``progress: false``, and by default when stderr is not a terminal (a log file would get an update per
+    step; the one line per epoch carries the ETA)."""
+    import sys
+
+    wanted = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+    if not wanted:
         return None
     try:
         from tqdm import tqdm

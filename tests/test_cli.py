@@ -120,3 +120,103 @@ def test_a_missing_extra_is_named(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml -> ModuleNotFoundError
     assert main(["train", "--set", "epochs=1"]) == 2
     assert 'pip install "batchshaping[train]"' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("model=resnet1000", "unknown model 'resnet1000'; did you mean 'resnet110'"),
+        ("device=gpu", "'device' must be auto, cpu, cuda or cuda:N"),
+        ("loss.bs_weight=-1", "'loss.bs_weight' must be >= 0 (a negative weight rewards the opposite"),
+        ("loss.l0_weight=-0.1", "'loss.l0_weight' must be >= 0"),
+        ("loss.macs_weight=-2", "'loss.macs_weight' must be >= 0"),
+        ("optim.lr_milestones=[0.9,0.5]", "'optim.lr_milestones' holds increasing fractions of training"),
+        ("optim.lr_milestones=[0.5,0.5]", "'optim.lr_milestones' holds increasing fractions of training"),
+        ("optim.lr=0", "'optim.lr' must be > 0"),
+        ("optim.momentum=1", "'optim.momentum' must be in [0, 1)"),
+        ("gate.tau=0", "'gate.tau' must be > 0"),
+        ("loss.bs_alpha=.nan", "'loss.bs_alpha' must be > 0"),
+        ("eval_every=0", "'eval_every' must be >= 1"),
+        ("data.train_subset=0", "'data.train_subset' must be >= 1"),
+        ("max_time=soon", "'max_time': 'soon' is not a duration"),
+    ],
+)
+def test_a_bad_value_is_a_one_line_usage_error_before_anything_runs(tmp_path, capsys, setting, message):
+    assert main(["train", "--set", setting, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("batchshaping train: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cuda_without_cuda_is_a_one_line_error(tmp_path, cifar_dir, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["train", "--data-dir", str(cifar_dir), "--out", str(tmp_path), *sets(*SMALL, "device=cuda")]
+    assert main(args) == 2
+    assert "device 'cuda' requested but this torch sees no CUDA device" in capsys.readouterr().err
+
+
+def test_a_batch_larger_than_the_training_set_is_a_one_line_error(tmp_path, cifar_dir, capsys):
+    args = [
+        "train",
+        "--data-dir",
+        str(cifar_dir),
+        "--out",
+        str(tmp_path),
+        *sets(*SMALL, "data.batch_size=512"),
+    ]
+    assert main(args) == 2
+    assert "holds no full batch of data.batch_size=512" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args", [["eval", "x.pt", "--batch-size", "0"], ["analyze", "x.pt", "--out", "o", "--max-images", "-1"]]
+)
+def test_eval_and_analyze_refuse_counts_below_one_with_a_usage_line(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_the_progress_bar_stays_out_of_a_log_file_unless_asked(monkeypatch):
+    from batchshaping.config import TrainConfig
+    from batchshaping.train import _progress_bar
+
+    cfg = TrainConfig()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert cfg.progress is None and _progress_bar(cfg, 10, 0) is None
+    cfg.progress = True
+    bar = _progress_bar(cfg, 10, 0)
+    assert bar is not None
+    bar.close()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    cfg.progress = None
+    bar = _progress_bar(cfg, 10, 0)
+    assert bar is not None
+    bar.close()
+    cfg.progress = False
+    assert _progress_bar(cfg, 10, 0) is None
+
+
+def test_sigterm_ends_a_run_like_ctrl_c_and_leaves_the_handler_as_it_was(
+    tmp_path, cifar_dir, monkeypatch, capsys
+):
+    import os
+    import signal
+
+    import batchshaping.train as train_mod
+
+    real_epoch = train_mod.train_epoch
+
+    def terminated_in_epoch_2(step, loader, epoch, cfg, bar=None):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a cluster's time limit or `timeout` sends
+        return real_epoch(step, loader, epoch, cfg, bar)
+
+    monkeypatch.setattr(train_mod, "train_epoch", terminated_in_epoch_2)
+    before = signal.getsignal(signal.SIGTERM)
+    args = ["train", "--data-dir", str(cifar_dir), "--out", str(tmp_path), *sets(*SMALL)]
+    assert main(args) == 130
+    assert (
+        f"interrupted; continue with: batchshaping train --out {tmp_path} --resume" in capsys.readouterr().err
+    )
+    assert load_checkpoint(tmp_path)["epoch"] == 1 and signal.getsignal(signal.SIGTERM) is before

@@ -25,8 +25,14 @@ from tests.conftest import killed_in_epoch, tiny_config, tiny_data
 # -lr, then adds; SGD adds with alpha in one kernel), a few ulp after a few steps.
 TOL = dict(rtol=1e-5, atol=1e-6)
 
-# (lr, w_bs, w_l0) per step: both losses on, each alone, both off (TrainStep then skips them).
-SCHEDULE = [(0.05, 0.75, 0.0), (0.05, 0.5, 0.01), (0.04, 0.0, 0.02), (0.03, 0.0, 0.0), (0.03, 0.2, 0.0)]
+# (lr, w_bs, w_l0, w_macs) per step: several losses on, each alone, all off (TrainStep then skips them).
+SCHEDULE = [
+    (0.05, 0.75, 0.0, 0.0),
+    (0.05, 0.5, 0.01, 5.0),
+    (0.04, 0.0, 0.02, 0.0),
+    (0.03, 0.0, 0.0, 0.0),
+    (0.03, 0.2, 0.0, 2.0),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +99,8 @@ def test_schedule_tensors_hold_the_schedule_values_in_place():
     for t in ts:
         assert sched.set_progress(cfg, t) == schedule(cfg, t)
         assert sched.values.tolist() == list(schedule(cfg, t)), t  # float64: exact
-        assert [sched.lr.item(), sched.w_bs.item(), sched.w_l0.item()] == list(schedule(cfg, t))
+        slots = [sched.lr.item(), sched.w_bs.item(), sched.w_l0.item(), sched.w_macs.item()]
+        assert slots == list(schedule(cfg, t))
     assert sched.values.data_ptr() == ptr
 
 
@@ -150,7 +157,9 @@ def test_fast_step_gives_the_losses_gradients_and_state_of_the_eager_step(gated,
     assert_same_training(a, b, sa, sb, ga, gb)
     if gated:  # logged like TrainStep: a loss whose weight is 0 shows as 0
         bs, l0 = train_mod.STATS.index("train_bs"), train_mod.STATS.index("train_l0")
+        macs = train_mod.STATS.index("train_macs")
         assert sb[2][bs] == 0 and sb[0][l0] == 0 and sb[1][bs] > 0 and sb[1][l0] > 0
+        assert sb[0][macs] == 0 and sb[1][macs] > 0 and sb[4][macs] > 0
     assert b.path == "eager" and b.warmup_s > 0
 
 
@@ -305,17 +314,22 @@ def test_capture_refuses_cpu_and_cudagraph_compile_modes(stand_in):
 # ------------------------------------------------------------------------------ path choice, config
 
 
-def fake_step(device: str, fp16: bool = False, optimizer=None):
+def fake_step(device: str, fp16: bool = False, optimizer=None, gated: bool = True):
     model = tiny_model()
     opt = optimizer or sgd(model, tiny_config())
     scaler = types.SimpleNamespace(is_enabled=lambda: fp16)
-    return types.SimpleNamespace(device=torch.device(device), optimizer=opt, net=model, scaler=scaler)
+    dev = torch.device(device)
+    return types.SimpleNamespace(device=dev, optimizer=opt, net=model, scaler=scaler, gated=gated)
 
 
 @pytest.mark.parametrize(
     "requested,device,kw,world,path,reason",
     [
-        ("auto", "cpu", {}, 1, "eager", "step=auto on cpu"),
+        ("auto", "cpu", {}, 1, "eager", "step=auto on cpu: nothing to capture"),
+        ("auto", "cpu", {"steps_left": 1999}, 1, "eager", "a long run may go faster with --set step=compile"),
+        ("auto", "cpu", {"steps_left": 2000}, 1, "compiled", "a gated model with 2000 steps to go"),
+        ("auto", "cpu", {"steps_left": 97500, "gated": False}, 1, "eager", "nothing to capture"),
+        ("eager", "cpu", {"steps_left": 97500}, 1, "eager", "step=eager"),
         ("graph", "cpu", {}, 1, "eager", "step=graph needs CUDA graphs"),
         ("compile", "cpu", {}, 1, "compiled", "mode 'default'"),
         ("auto", "cuda", {}, 1, "captured", "one CUDA graph"),
@@ -328,9 +342,11 @@ def fake_step(device: str, fp16: bool = False, optimizer=None):
     ],
 )
 def test_choose_path(requested, device, kw, world, path, reason):
+    kw = dict(kw)
+    steps_left = kw.pop("steps_left", None)
     if kw.get("optimizer") == "adam":
         kw = {"optimizer": torch.optim.Adam(tiny_model().parameters())}
-    got = fs.choose_path(requested, fake_step(device, **kw), world)
+    got = fs.choose_path(requested, fake_step(device, **kw), world, steps_left)
     assert got[0] == path and reason in got[1]
 
 
@@ -367,7 +383,9 @@ def test_the_whole_step_never_reads_values_on_the_host(name, shape, l0_reduction
     from batchshaping.models import create_model
     from batchshaping.tasks import SegmentationTask
 
-    cfg = config_from_dict({"model": name, "loss": {"bs_weight": 0.75, "l0_weight": 0.01}})
+    cfg = config_from_dict(
+        {"model": name, "loss": {"bs_weight": 0.75, "l0_weight": 0.01, "macs_target": 0.5}}
+    )
     cfg.loss.l0_reduction = l0_reduction
     seg = name.endswith("pspnet50")
     task = SegmentationTask(5, 255) if seg else ClassificationTask()
@@ -378,8 +396,8 @@ def test_the_whole_step_never_reads_values_on_the_host(name, shape, l0_reduction
     fast = fs.FastTrainStep(TrainStep(model, model, sgd(model, cfg), scaler, task, counter, cfg, None), False)
     x = torch.empty(2, *shape, device="meta")
     y = torch.empty((2, *shape[1:]) if seg else (2,), dtype=torch.long, device="meta")
-    for lr, w_bs, w_l0 in SCHEDULE[:3]:
-        stats = fast(x, y, lr, w_bs, w_l0)
+    for sched in SCHEDULE[:3]:
+        stats = fast(x, y, *sched)
     assert stats.shape == (len(train_mod.STATS) + 1,) and stats.device.type == "meta"
     assert all("momentum_buffer" in fast.optimizer.state[p] for p in model.parameters())
 
@@ -406,7 +424,7 @@ def test_fit_with_the_captured_step_matches_eager_and_resumes_exactly(
     fit_run(tmp_path / "eager")
     api = stand_in()
 
-    def captured(step, cfg, world_size=1, verbose=True):
+    def captured(step, cfg, world_size=1, verbose=True, steps_left=None):
         api.owner = fs.FastTrainStep(step, capture=True, warmup=1, verbose=verbose)
         return api.owner
 

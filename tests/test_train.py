@@ -145,3 +145,94 @@ def test_weight_decay_skips_bn_and_gate_parameters():
     decayed = {id(p) for p in decay["params"]}
     assert id(model.conv1.weight) in decayed and id(model.bn1.weight) not in decayed
     assert id(model.layer1[0].gate.fc1.weight) not in decayed
+
+
+# ------------------------------------------------------------------------------------------ max_time
+
+
+def test_time_limit_estimates_the_next_epoch_from_recent_epochs_without_the_warm_up():
+    limit = train_mod.TimeLimit("1h", eval_every=2)
+    assert limit.seconds == 3600 and limit.estimate() == 0
+    for seconds in (300.0, 60.0, 80.0, 60.0):  # the first epoch compiled; every second one evaluates
+        limit.epoch_done(seconds)
+    assert limit.estimate() == 80.0
+    limit.start -= 3600 - 79  # 79 s left: an 80 s epoch does not fit
+    assert not limit.next_epoch_fits()
+    limit.start += 2
+    assert limit.next_epoch_fits()
+    assert train_mod.TimeLimit(None).next_epoch_fits()
+
+
+def test_max_time_stops_after_a_whole_epoch_and_the_resumed_run_ends_as_an_uninterrupted_one(
+    tmp_path, capsys
+):
+    full = run(tmp_path / "full", tiny_config(epochs=3))
+    cut = run(tmp_path / "cut", tiny_config(epochs=3, max_time="0.001s"))
+    out = capsys.readouterr().out
+    assert cut == {"model": "gated_resnet20", "config": "tiny", "epochs": 3, "stopped_after": 1}
+    assert "stopped after epoch 1/3: max_time" in out
+    assert f"continue with: batchshaping train --out {tmp_path / 'cut'} --resume" in out
+    assert (
+        load_checkpoint(tmp_path / "cut")["epoch"] == 1 and not (tmp_path / "cut" / "summary.json").exists()
+    )
+    resumed = run(tmp_path / "cut", tiny_config(epochs=3), resume=True)
+    for key in ("top1", "test_loss", "macs_mean"):
+        assert resumed[key] == full[key], key
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    logged = [json.loads(s)["epoch"] for s in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3]
+    history = [json.loads(s) for s in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()]
+    assert [(h["from_epoch"], h["to_epoch"], h["ended"]) for h in history] == [
+        (0, 1, "max_time"),
+        (1, 3, "finished"),
+    ]
+    assert all(h["precision"] == "fp32" and h["step"] == "eager" and "cores" in h["machine"] for h in history)
+
+
+def test_max_time_may_change_on_resume_and_a_bad_duration_is_refused(tmp_path):
+    from batchshaping.config import ConfigError, load_config
+    from batchshaping.experiment import resume_config
+
+    run(tmp_path, tiny_config(epochs=3, max_time="0.001s"))
+    assert resume_config(tmp_path, ["max_time=2h30m"]).max_time == "2h30m"
+    assert resume_config(tmp_path, ["max_time=null"]).max_time is None
+    with pytest.raises(ConfigError, match="'max_time': '2 days' is not a duration; write e.g. 2h30m"):
+        load_config(overrides=["max_time=2 days"])
+
+
+# ------------------------------------------------------------------------------------- MAC budget
+
+
+def test_macs_target_pulls_the_mean_expected_macs_towards_the_target():
+    """A few steps on random data with the budget term alone (and a high lr on the gates): the expected
+    MAC ratio moves from ~1 (gates start open) down towards 0.5, and the term is logged."""
+    cfg = tiny_config(epochs=1)
+    cfg.loss.bs_weight, cfg.loss.l0_weight = 0.0, 0.0
+    cfg.loss.macs_target, cfg.loss.macs_weight, cfg.loss.l0_start = 0.5, 50.0, 0.0
+    model = tiny_model()
+    from batchshaping.macs import MacCounter
+    from batchshaping.tasks import ClassificationTask
+
+    counter = MacCounter(model, (3, 16, 16))
+    opt = train_mod.sgd(model, cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    step = train_mod.TrainStep(model, model, opt, scaler, ClassificationTask(), counter, cfg, None)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 16, 16, generator=g), torch.randint(0, 4, (16,), generator=g)
+    ratio = train_mod.STATS.index("train_mac_ratio")
+    first = step(x, y, 0.5, 0.0, 0.0, 50.0)
+    for _ in range(30):
+        last = step(x, y, 0.5, 0.0, 0.0, 50.0)
+    start, end = (s[ratio] / s[-1] for s in (first, last))
+    assert start > 0.9 and abs(end - 0.5) < abs(start - 0.5) / 2
+    assert first[train_mod.STATS.index("train_macs")] > 0
+
+
+def test_schedule_ramps_the_macs_weight_like_l0_and_only_with_a_target():
+    cfg = tiny_config(epochs=10)
+    cfg.loss.l0_start, cfg.loss.l0_end, cfg.loss.macs_weight = 0.2, 0.6, 20.0
+    assert train_mod.schedule(cfg, 0.5)[3] == 0.0  # no target: no term
+    cfg.loss.macs_target = 0.585
+    assert [train_mod.schedule(cfg, t)[3] for t in (0.1, 0.4, 0.6, 0.9)] == pytest.approx([0, 10, 20, 20])
