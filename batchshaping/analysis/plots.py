@@ -438,3 +438,32 @@ def accuracy_vs_macs(rows: Sequence[dict[str, Any]], title: str, path: Path) -> 
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.margins(x=0.2, y=0.12)
     _save(fig, path)
+
+
+def training_curves(runs: Sequence[dict[str, Any]], reference_macs: float, title: str, path: Path) -> None:
+    """Test top-1 and mean MACs of runs over training, against the fraction of each run's schedule (so a
+    36-epoch run and a 500-epoch run of the same recipe shape line up).
+
+    runs: dicts with "label", "epochs" (the run's total), "log" (log.jsonl records; those with "top1" are
+    drawn), and optionally "style" (matplotlib line keywords, e.g. {"ls": "--"}). reference_macs: the MACs
+    that the lower panel's ratio divides by (e.g. ResNet-20's).
+    """
+    fig, (top, bottom) = _subplots(2, 1, figsize=(8.0, 6.5), sharex=True)
+    for r in runs:
+        evals = [e for e in r["log"] if "top1" in e]
+        if not evals:
+            continue
+        t = [e["epoch"] / r["epochs"] for e in evals]
+        style = {"lw": 1.4, **r.get("style", {})}
+        (line,) = top.plot(t, [100 * e["top1"] for e in evals], label=r["label"], **style)
+        style["color"] = line.get_color()  # the same colour in both panels
+        bottom.plot(t, [e["macs_mean"] / reference_macs for e in evals], **style)
+    top.set_ylabel("test top-1 (%)")
+    top.set_title(title)
+    bottom.axhline(1.0, color="k", lw=0.8, ls=":")
+    bottom.set_ylabel("mean MACs / ResNet-20's")
+    bottom.set_xlabel("fraction of the run's schedule (epoch / total epochs)")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    top.legend(loc="lower right", fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,130 @@
+"""Progress of the paper-length CIFAR-10 runs trained in pieces on CPU (results/cifar10_paper/<run>/):
+a table of where each run stands, and a plot of test top-1 and mean MACs over training against each other
+and the 36-epoch GPU runs (results/cifar10/*_e36_gpu).
+
+    python scripts/paper_progress.py            # prints the table
+    python scripts/paper_progress.py --write     # and replaces it in RESULTS.md, writes the plot
+
+Every number comes from a run's log.jsonl, config.yaml and history.jsonl (one line per training process);
+nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from batchshaping.analysis.plots import training_curves
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER = ROOT / "results" / "cifar10_paper"
+GPU36 = ROOT / "results" / "cifar10"
+PLOT = PAPER / "progress.png"
+MARKERS = ("<!-- paper-cpu:begin -->", "<!-- paper-cpu:end -->")
+COLORS = {"resnet20": "#4C72B0", "gated_resnet32": "#DD8452"}  # one colour per model, CPU and GPU alike
+HEADER = (
+    "| run | model | sparsity term | epochs done | last test (epoch) | top-1 | mean MMACs "
+    "| ratio to resnet20 | gates on / off / cond. (%) | training time | pieces: machine, precision, step |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(s) for s in path.read_text().splitlines() if s.strip()] if path.exists() else []
+
+
+def load(folder: Path) -> dict:
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    return {
+        "run": folder.name,
+        "cfg": cfg,
+        "log": _jsonl(folder / "log.jsonl"),
+        "history": _jsonl(folder / "history.jsonl"),
+    }
+
+
+def sparsity(cfg: dict) -> str:
+    loss = cfg["loss"]
+    if not cfg["model"].startswith("gated_"):
+        return "-"
+    parts = []
+    if loss.get("macs_target") is not None:
+        parts.append(f"MAC target {loss['macs_target']} (weight {loss['macs_weight']:g})")
+    if loss["l0_weight"] > 0:
+        parts.append(f"L0 {loss['l0_weight']:g}")
+    bs = f"BS {loss['bs_weight']:g} to {round(loss['bs_end'] * cfg['epochs'])} ep"
+    return ", ".join([bs, *parts]) if parts else bs
+
+
+def pieces(history: list[dict]) -> str:
+    out = []
+    for h in history:
+        out.append(
+            f"{h['from_epoch'] + 1}-{h['to_epoch']}: {h['machine'].split(',')[0]}, {h['precision']}, "
+            f"{h['step']} ({h['ended']})"
+        )
+    return "<br>".join(out) or "-"
+
+
+def row(r: dict, r20_macs: float) -> str:
+    log, cfg = r["log"], r["cfg"]
+    done = log[-1]["epoch"] if log else 0
+    evals = [e for e in log if "top1" in e]
+    hours = log[-1]["wall_time_s"] / 3600 if log else 0.0
+    if evals:
+        e = evals[-1]
+        gated = cfg["model"].startswith("gated_")
+        gates = (
+            f"{100 * e['gates_always_on']:.1f} / {100 * e['gates_always_off']:.1f} / "
+            f"{100 * e['gates_conditional']:.1f}"
+            if gated
+            else "-"
+        )
+        test = (
+            f"{e['epoch']} | {100 * e['top1']:.2f}% | {e['macs_mean'] / 1e6:.2f} | "
+            f"{e['macs_mean'] / r20_macs:.3f} | {gates}"
+        )
+    else:
+        test = "- | - | - | - | -"
+    return (
+        f"| {r['run']} | {cfg['model']} | {sparsity(cfg)} | {done} / {cfg['epochs']} | {test} "
+        f"| {hours:.1f} h | {pieces(r['history'])} |"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="replace the table in RESULTS.md, write the plot")
+    args = ap.parse_args()
+    runs = [load(d) for d in sorted(PAPER.iterdir()) if (d / "config.yaml").exists()]
+    r20 = next(r for r in runs if r["cfg"]["model"] == "resnet20" and r["log"])
+    r20_macs = next(e["macs_mean"] for e in r20["log"] if "macs_mean" in e)
+    table = "\n".join([HEADER, *(row(r, r20_macs) for r in runs)])
+    print(table)
+    if not args.write:
+        return
+    curves = []
+    for r in runs:
+        style = {"color": COLORS.get(r["cfg"]["model"]), "marker": "o", "ms": 3}
+        curves.append({"label": r["run"], "epochs": r["cfg"]["epochs"], "log": r["log"], "style": style})
+    for d in sorted(GPU36.glob("*_e36_gpu")):
+        if d.name.startswith(("resnet20", "gated_resnet32_bs_")):
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            style = {"color": COLORS.get(cfg["model"]), "ls": "--", "lw": 1.0}
+            log = _jsonl(d / "log.jsonl")
+            curves.append({"label": d.name, "epochs": cfg["epochs"], "log": log, "style": style})
+    title = "CIFAR-10, the paper's recipe: 500-epoch runs on CPU (solid) and 36-epoch GPU runs (dashed)"
+    training_curves(curves, r20_macs, title, PLOT)
+    text = (ROOT / "RESULTS.md").read_text()
+    begin, end = MARKERS
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    (ROOT / "RESULTS.md").write_text(f"{head}{begin}\n{table}\n{end}{tail}")
+    print(f"wrote {PLOT.relative_to(ROOT)} and the table in RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()
