@@ -9,7 +9,6 @@ and the data folder, so ``--resume`` needs only ``--out``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from batchshaping.checkpoint import (
     model_from_config,
 )
 from batchshaping.config import ConfigError, TrainConfig, config_from_dict, parse_overrides, update_config
+from batchshaping.data import Data
 from batchshaping.models import model_info
 from batchshaping.runtime import init_distributed, resolve_device, resolve_precision
 from batchshaping.tasks import ClassificationTask, SegmentationTask
@@ -39,22 +39,15 @@ RESUME_OVERRIDABLE = {
 }
 
 
-@dataclass
-class Data:
-    """A data set, ready for :func:`~batchshaping.train.fit` and :func:`~batchshaping.evaluation.evaluate`.
+def normalization(dataset: str) -> tuple[list[float], list[float]]:
+    """Per-channel (RGB) mean and std, of images in [0, 1], that the data set ``dataset`` is normalised with."""
+    if dataset == "cifar10":
+        from batchshaping.data import CIFAR10_MEAN, CIFAR10_STD
 
-    train / test: ``(x, y)`` uint8 image tensors (N, C, H, W) and labels (N,) (CIFAR-10), or DataLoaders of
-    normalised batches (ImageNet, Cityscapes); train is None when only evaluating.
-    """
+        return list(CIFAR10_MEAN), list(CIFAR10_STD)
+    from batchshaping.data.image_transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    train: Any
-    test: Any
-    num_classes: int
-    input_shape: tuple[int, int, int]  # (C, H, W) at which MACs are counted
-    mean: list[float]
-    std: list[float]
-    task: ClassificationTask
-    root: Path  # the folder the data came from (recorded in the run's config)
+    return list(IMAGENET_MEAN), list(IMAGENET_STD)  # also Cityscapes': its backbones start from ImageNet
 
 
 def load_data(
@@ -84,7 +77,7 @@ def load_data(
 
 
 def _cifar10(cfg: TrainConfig, data_dir: str | None) -> Data:
-    from batchshaping.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, load_cifar10, resolve_data_dir
+    from batchshaping.data import CIFAR10_CLASSES, load_cifar10, resolve_data_dir
 
     root = resolve_data_dir(data_dir or cfg.data.root)
     d = load_cifar10(root, download=cfg.data.download)
@@ -94,15 +87,13 @@ def _cifar10(cfg: TrainConfig, data_dir: str | None) -> Data:
         (d.x_test[:nte], d.y_test[:nte]),
         10,
         (3, 32, 32),
-        list(CIFAR10_MEAN),
-        list(CIFAR10_STD),
+        *normalization("cifar10"),
         ClassificationTask(CIFAR10_CLASSES),
         Path(root),
     )
 
 
 def _imagenet(cfg: TrainConfig, root: Path, train: bool, class_names: list[str] | None) -> Data:
-    from batchshaping.data.image_transforms import IMAGENET_MEAN, IMAGENET_STD
     from batchshaping.data.imagenet import imagenet_datasets, imagenet_val_dataset
 
     size = cfg.data.image_size
@@ -115,15 +106,14 @@ def _imagenet(cfg: TrainConfig, root: Path, train: bool, class_names: list[str] 
         raise ConfigError(
             f"num_classes is {cfg.num_classes} but {str(root)!r} has {len(class_names)} classes"
         )
-    train_loader, val_loader = _loaders(cfg, train_set, val_set)
+    train_loader, val_loader = _dataloaders(cfg, train_set, val_set)
     task = ClassificationTask(class_names)
-    mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    mean, std = normalization("imagenet")
     return Data(train_loader, val_loader, len(class_names), (3, size, size), mean, std, task, root)
 
 
 def _cityscapes(cfg: TrainConfig, root: Path, train: bool) -> Data:
     from batchshaping.data.cityscapes import CITYSCAPES_CLASSES, IGNORE_INDEX, cityscapes_datasets
-    from batchshaping.data.image_transforms import IMAGENET_MEAN, IMAGENET_STD
 
     eval_size = cfg.data.eval_size
     if eval_size is not None and (len(eval_size) != 2 or min(eval_size) < 1):
@@ -133,13 +123,13 @@ def _cityscapes(cfg: TrainConfig, root: Path, train: bool) -> Data:
         raise ConfigError(f"Cityscapes has {k} classes; num_classes is {cfg.num_classes}")
     ev = tuple(eval_size) if eval_size is not None else None
     train_set, val_set = cityscapes_datasets(root, cfg.data.image_size, ev, cfg.data.augment)
-    train_loader, val_loader = _loaders(cfg, train_set if train else None, val_set)
+    train_loader, val_loader = _dataloaders(cfg, train_set if train else None, val_set)
     task = SegmentationTask(k, IGNORE_INDEX, CITYSCAPES_CLASSES)
     shape = (3, *(ev or val_set.image_size()))
-    return Data(train_loader, val_loader, k, shape, list(IMAGENET_MEAN), list(IMAGENET_STD), task, root)
+    return Data(train_loader, val_loader, k, shape, *normalization("cityscapes"), task, root)
 
 
-def _loaders(cfg: TrainConfig, train_set: Any, val_set: Any) -> tuple[Any, Any]:
+def _dataloaders(cfg: TrainConfig, train_set: Any, val_set: Any) -> tuple[Any, Any]:
     """DataLoaders (one shard per torchrun rank) of the first data.train_subset / test_subset images."""
     from batchshaping.data import build_loaders
 
@@ -184,10 +174,7 @@ def train(
         if init_distributed().is_main:
             gates = sum(".gate." in k for k in report["missing"])
             print(f"warm start from {cfg.pretrained}: every weight loaded, {gates} gate tensors initialised")
-    return fit(
-        model, data.train, data.test, data.num_classes, cfg, out_dir, resume,
-        mean=data.mean, std=data.std, input_shape=data.input_shape, task=data.task,
-    )  # fmt: skip
+    return fit(model, data, cfg, out_dir, resume)
 
 
 def resume_config(out_dir: str | Path, overrides: list[str]) -> TrainConfig:

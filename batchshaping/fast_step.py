@@ -1,9 +1,9 @@
-"""The fast training step: :class:`~batchshaping.train.TrainStep`'s work as one replayed CUDA graph (or
+"""The fast training step: :class:`~batchshaping.step.TrainStep`'s work as one replayed CUDA graph (or
 compiled with torch.compile), for GPUs where small CIFAR ResNets are bound by kernel launches and Python.
 
-:class:`FastTrainStep` does what TrainStep does (forward, task loss + batch-shaping + L0 losses, backward,
-SGD with momentum; returns the same stats tensor) as code without host synchronisation and without Python
-branches on values that change during training, so that it can run on one of three paths:
+:class:`FastTrainStep` does what :class:`~batchshaping.step.TrainStep` does (forward, task loss + gate
+losses, backward, SGD with momentum; returns the same stats tensor) as code without host synchronisation
+and without Python branches on values that change during training, so that it can run on one of three paths:
 
 * ``"captured"`` (CUDA): a few eager warm-up steps on a side stream, then the whole step is captured once
   in a ``torch.cuda.CUDAGraph``; every later step copies its batch into the graph's static input tensors
@@ -57,8 +57,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
-from batchshaping.gates import clear_gate_outputs
-from batchshaping.train import TrainStep, schedule
+from batchshaping.gates import clear_gate_outputs, gate_outputs
+from batchshaping.step import TrainStep, schedule
 
 if TYPE_CHECKING:
     from batchshaping.config import TrainConfig
@@ -79,7 +79,7 @@ WARMUP_STEPS = 3
 class ScheduleTensors:
     """(lr, w_bs, w_l0, w_macs) as a (4,) float64 tensor on ``device``, updated in place.
 
-    :meth:`fill` writes the values of :func:`~batchshaping.train.schedule` (Python floats) with one fill
+    :meth:`fill` writes the values of :func:`~batchshaping.step.schedule` (Python floats) with one fill
     kernel each: no host buffer that the host could overwrite before the device reads it, no sync, and the
     same memory for every step, which a captured graph reads. float64 holds the floats exactly.
     """
@@ -239,7 +239,7 @@ def choose_train_step(
 class FastTrainStep:
     """TrainStep's work without host syncs: captured in a CUDA graph, compiled, or run as it is.
 
-    Built around an eager :class:`~batchshaping.train.TrainStep` (its model, optimizer, task, losses and
+    Built around an eager :class:`~batchshaping.step.TrainStep` (its model, optimizer, task, losses and
     MAC counter), which also runs every step if a capture fails. Called like it:
     ``step(x, y, lr, w_bs, w_l0, w_macs)`` with x (N, C, H, W), y (N,) on the device and the scheduled
     values as floats; returns (len(STATS) + 1,) stats: each statistic weighted by N, then N (a static
@@ -337,10 +337,22 @@ class FastTrainStep:
         return stats
 
     def _forward_losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """(loss 0-d, stats (len(STATS) + 1,)) of TrainStep, the gate losses weighted by device tensors."""
-        w_bs, w_l0, w_macs = self.sched.values[1:].to(torch.float32).unbind()  # the losses' dtype
+        """(loss 0-d, stats (len(STATS) + 1,)) of TrainStep: every gate loss computed and multiplied by its
+        weight on the device (no branch on the schedule), a loss whose weight is 0 logged as 0."""
+        step = self.eager
+        weights = self.sched.values[1:].to(torch.float32).unbind()  # the losses' dtype, as floats are
         # No weight-cast cache: cached casts would outlive the capture that made them.
-        return self.eager.forward_losses(x, y, w_bs, w_l0, w_macs, cache_casts=False)
+        logits, ce = step.task_loss(x, y, cache_casts=False)
+        zero = ce.new_zeros(())
+        if not step.gated:
+            return ce, step.stats(ce, ce, (zero, zero, zero), logits, y, None)
+        outs = gate_outputs(step.model)
+        terms = tuple(term(outs) for term in step.gate_terms)
+        loss = ce
+        for w, t in zip(weights, terms, strict=True):
+            loss = loss + w * t
+        logged = tuple(torch.where(w > 0, t.detach(), 0.0) for w, t in zip(weights, terms, strict=True))
+        return loss, step.stats(loss, ce, logged, logits, y, outs)
 
     def _update(self, grads: list[list[Tensor | None]]) -> None:
         neg_lrs = (self.sched.lr * self._neg_factors).to(self._lr_dtype)

@@ -5,8 +5,9 @@
 
 with t in [0, 1] the training progress, w_bs decayed linearly to 0 at ``loss.bs_end`` and w_l0, w_macs
 ramped from ``loss.l0_start`` to ``loss.l0_end`` (see :mod:`batchshaping.schedules`). Read top to bottom:
-:func:`fit` sets a run up and loops over epochs; :func:`train_epoch` loops over batches;
-:class:`TrainStep` is one optimisation step, the unit a compiled or captured fast path replaces.
+:func:`fit` sets a run up and loops over epochs; :func:`train_epoch` loops over batches; a step is
+:class:`~batchshaping.step.TrainStep` (eager) or its compiled or captured form
+(:mod:`batchshaping.fast_step`).
 """
 
 from __future__ import annotations
@@ -23,180 +24,25 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from batchshaping import fast_step
 from batchshaping.checkpoint import TrainingState
 from batchshaping.config import ConfigError, TrainConfig, dump_config, parse_duration
+from batchshaping.data import Data
 from batchshaping.evaluation import evaluate
-from batchshaping.gates import ChannelGate, GateOutput, gate_outputs
-from batchshaping.losses import BatchShapingLoss, l0_loss, mac_target_loss
 from batchshaping.macs import MacCounter
 from batchshaping.runtime import (
-    autocast,
     init_distributed,
     machine_description,
     resolve_device,
     resolve_precision,
     seed_everything,
 )
-from batchshaping.schedules import linear_decay, linear_ramp, step_lr
-from batchshaping.tasks import ClassificationTask
-
-#: The per-step statistics of :class:`TrainStep`, averaged over an epoch into the log.
-STATS = (
-    "train_loss",
-    "train_ce",
-    "train_bs",
-    "train_l0",
-    "train_macs",
-    "train_acc",
-    "train_open",
-    "train_mac_ratio",
-)
+from batchshaping.step import STATS, TrainStep, schedule, sgd
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says which checkpoint, if any, holds the last good
     state."""
-
-
-def param_groups(
-    model: nn.Module, weight_decay: float, decay_bn_and_gates: bool, backbone_lr_factor: float = 1.0
-) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear weights; BN parameters, biases and gate parameters optionally exempt.
-
-    Each group's ``lr_factor`` scales the scheduled learning rate. With ``backbone_lr_factor`` != 1 the
-    gate parameters get a group of their own (factor 1) and every other group the backbone's factor.
-    """
-    gate_params = {id(p) for m in model.modules() if isinstance(m, ChannelGate) for p in m.parameters()}
-    split = backbone_lr_factor != 1.0
-    decay, no_decay, gates = [], [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        if split and id(p) in gate_params:
-            gates.append(p)
-            continue
-        exempt = p.ndim <= 1 or id(p) in gate_params
-        (no_decay if exempt and not decay_bn_and_gates else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay, "lr_factor": backbone_lr_factor},
-        {"params": no_decay, "weight_decay": 0.0, "lr_factor": backbone_lr_factor},
-    ]
-    gate_decay = weight_decay if decay_bn_and_gates else 0.0
-    return groups + ([{"params": gates, "weight_decay": gate_decay, "lr_factor": 1.0}] if split else [])
-
-
-def batch_shaping_input(outs: list[GateOutput], sync: bool) -> Tensor:
-    """All gate probabilities of the batch as one (N, total gates) matrix; with ``sync`` (DDP) the
-    matrix of the global batch, gathered with gradient so each rank's gates see every rank's samples."""
-    probs = torch.cat([o.probs for o in outs], 1)
-    if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_gather
-
-        probs = torch.cat(all_gather(probs), 0)
-    return probs
-
-
-def schedule(cfg: TrainConfig, t: float) -> tuple[float, float, float, float]:
-    """(learning rate, batch-shaping weight, L0 weight, MAC-target weight) at training progress ``t`` in
-    [0, 1]. The MAC-target weight is 0 without ``loss.macs_target``."""
-    oc, lc = cfg.optim, cfg.loss
-    w_macs = lc.macs_weight if lc.macs_target is not None else 0.0
-    return (
-        step_lr(t, oc.lr, oc.lr_milestones, oc.lr_gamma, oc.warmup),
-        linear_decay(t, lc.bs_weight, lc.bs_end),
-        linear_ramp(t, lc.l0_weight, lc.l0_start, lc.l0_end),
-        linear_ramp(t, w_macs, lc.l0_start, lc.l0_end),
-    )
-
-
-class TrainStep:
-    """One optimisation step: forward, task loss + gate losses, backward, optimizer step.
-
-    Returns the step's statistics as one (len(STATS) + 1,) float tensor on the device, each weighted by the
-    batch size, then the batch size: the epoch sums them and reads them back every few steps, so a step
-    never waits for the host.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        net: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scaler: torch.amp.GradScaler,
-        task: ClassificationTask,
-        counter: MacCounter,
-        cfg: TrainConfig,
-        amp_dtype: torch.dtype | None,
-    ) -> None:
-        self.model, self.net, self.optimizer, self.scaler = model, net, optimizer, scaler
-        self.task, self.counter, self.loss_cfg, self.amp_dtype = task, counter, cfg.loss, amp_dtype
-        self.device = next(model.parameters()).device
-        self.gated = any(isinstance(m, ChannelGate) for m in model.modules())
-        lc = cfg.loss
-        self.bs_loss = BatchShapingLoss(lc.bs_alpha, lc.bs_beta, reduction=lc.bs_reduction)
-        # MAC-weighted L0 is the mean over gates of each gate's share of the MACs.
-        costs = counter.gate_costs() if lc.l0_reduction == "macs" else None
-        self.l0_weights = [c.to(self.device) for c in costs] if costs is not None else None
-        self.l0_reduction = "mean" if self.l0_weights is not None else lc.l0_reduction
-        self.macs_target = lc.macs_target if lc.macs_target is not None else 0.0
-
-    def __call__(
-        self, x: Tensor, y: Tensor, lr: float, w_bs: float, w_l0: float, w_macs: float = 0.0
-    ) -> Tensor:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_factor", 1.0)
-        loss, stats = self.forward_losses(x, y, w_bs, w_l0, w_macs)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return stats
-
-    def forward_losses(
-        self,
-        x: Tensor,
-        y: Tensor,
-        w_bs: float | Tensor,
-        w_l0: float | Tensor,
-        w_macs: float | Tensor = 0.0,
-        cache_casts: bool = True,
-    ) -> tuple[Tensor, Tensor]:
-        """(loss 0-d, stats (len(STATS) + 1,)) of one batch.
-
-        Weights as floats skip a loss whose weight is 0; as 0-d device tensors (a captured step, whose
-        graph must not change with the schedule) both gate losses are always computed and weighted, and a
-        loss whose weight is 0 is logged as 0 as in the eager step.
-        """
-        with autocast(self.device, self.amp_dtype, cache_casts):
-            logits = self.net(x)
-        ce = self.task.loss(logits, y)
-        loss, bs, l0, macs = ce, ce.new_zeros(()), ce.new_zeros(()), ce.new_zeros(())
-        open_frac, mac_ratio = ce.new_ones(()), ce.new_ones(())
-        if self.gated:
-            outs = gate_outputs(self.model)
-            weights_on_device = isinstance(w_bs, Tensor)
-            if weights_on_device or w_bs > 0:
-                bs = self.bs_loss(batch_shaping_input(outs, self.loss_cfg.bs_sync))
-                loss = loss + w_bs * bs
-            if weights_on_device or w_l0 > 0:
-                l0 = l0_loss(outs, reduction=self.l0_reduction, weights=self.l0_weights)
-                loss = loss + w_l0 * l0
-            if weights_on_device or w_macs > 0:
-                expected = self.counter.conditional(outs, expected=True)
-                macs = mac_target_loss(expected, self.counter.dense, self.macs_target).float()
-                loss = loss + w_macs * macs
-            with torch.no_grad():
-                if weights_on_device:
-                    bs, l0 = torch.where(w_bs > 0, bs, 0.0), torch.where(w_l0 > 0, l0, 0.0)
-                    macs = torch.where(w_macs > 0, macs, 0.0)
-                open_frac = torch.cat([o.mask for o in outs], 1).mean()
-                mac_ratio = self.counter.conditional(outs).mean() / self.counter.dense
-        with torch.no_grad():
-            b = len(y)
-            correct = self.task.correct(logits, y)
-            stats = [loss * b, ce * b, bs * b, l0 * b, macs * b, correct, open_frac * b, mac_ratio * b]
-            # new_full fills on the device: new_tensor(b) would copy from the host and wait for the GPU.
-            return loss, torch.stack([*stats, ce.new_full((), float(b))]).detach()
 
 
 def train_epoch(
@@ -232,29 +78,19 @@ def train_epoch(
 
 def fit(
     model: nn.Module,
-    train_data: tuple[Tensor, Tensor] | Iterable[Any],
-    test_data: tuple[Tensor, Tensor] | Iterable[Any],
-    num_classes: int,
+    data: Data,
     cfg: TrainConfig,
     out_dir: str | Path | None = None,
     resume: bool = False,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
-    input_shape: tuple[int, int, int] | None = None,
-    task: ClassificationTask | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` with ``cfg``'s schedule, losses and logging; return the final summary.
+    """Train ``model`` on ``data`` with ``cfg``'s schedule, losses and logging; return the final summary.
 
-    train_data / test_data: ``(x, y)`` tensors, x (N, C, H, W) uint8 (or float in [0, 1]) and y (N,)
-    int64, kept on the device and augmented there (crop + flip) when ``cfg.data.augment``; or any
-    iterables of ready (x, y) batches such as DataLoaders (then augmentation and normalisation are theirs,
-    and under DDP they must shard, e.g. with a DistributedSampler). ``mean``/``std`` normalise tensor
-    data (default: computed from the training images). ``out_dir`` receives config.yaml (written once, when
-    the run starts), log.jsonl, tb/, last.pt, best.pt and summary.json; ``resume`` continues from
-    ``out_dir/last.pt``. ``task``: loss and metrics (default classification).
+    ``out_dir`` receives config.yaml (written once, when the run starts), log.jsonl, history.jsonl, tb/,
+    last.pt, best.pt and summary.json; ``resume`` continues from ``out_dir/last.pt``. A run stopped by
+    ``cfg.max_time`` returns ``{"stopped_after": epoch, ...}`` and writes no summary.json.
     """
     limit = TimeLimit(cfg.max_time, cfg.eval_every)  # counted from here
-    task = task or ClassificationTask()
+    task, num_classes = data.task, data.num_classes
     dist_info = init_distributed()
     device = resolve_device(cfg.device, dist_info.local_rank)
     amp_dtype = resolve_precision(cfg.precision, device)
@@ -269,26 +105,25 @@ def fit(
     model = model.to(
         device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format
     )
-    train_loader, test_loader = _loaders(train_data, test_data, cfg, device, dist_info, mean, std)
+    train_loader, test_loader = _device_loaders(data, cfg, device, dist_info)
     if len(train_loader) == 0:
         raise ConfigError(
             f"the training set holds no full batch of data.batch_size={cfg.data.batch_size} "
             f"(per process: {cfg.data.batch_size // dist_info.world_size}); lower data.batch_size or train "
             "on more images (data.train_subset)"
         )
-    if input_shape is None:
-        input_shape = tuple(next(iter(test_loader))[0].shape[1:])
+    input_shape = data.input_shape or tuple(next(iter(test_loader))[0].shape[1:])
     counter = MacCounter(model, input_shape)
     net = _wrap(model, cfg, device, dist_info.world_size)
     opt = sgd(model, cfg)
     state = TrainingState(model, opt, torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16))
     if resume:
         state.restore(out / "last.pt", device)  # type: ignore[operator]
-    from batchshaping.fast_step import choose_train_step  # it imports this module
-
     eager_step = TrainStep(model, net, opt, state.scaler, task, counter, cfg, amp_dtype)
     steps_left = (cfg.epochs - state.epoch) * len(train_loader)
-    step = choose_train_step(eager_step, cfg, dist_info.world_size, verbose=main, steps_left=steps_left)
+    step = fast_step.choose_train_step(
+        eager_step, cfg, dist_info.world_size, verbose=main, steps_left=steps_left
+    )
     logger = _Logger(out, main)
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"
     if main:
@@ -415,18 +250,6 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def sgd(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with (Nesterov) momentum and the weight-decay groups of :func:`param_groups`."""
-    return torch.optim.SGD(
-        param_groups(
-            model, cfg.optim.weight_decay, cfg.optim.decay_bn_and_gates, cfg.optim.backbone_lr_factor
-        ),
-        lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum,
-        nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
-    )
-
-
 def _prepare_run_folder(out: Path, cfg: TrainConfig, resume: bool) -> None:
     """Create the run folder and write config.yaml for a new run; check that a resumed one can go on."""
     if resume:
@@ -446,21 +269,14 @@ def _prepare_run_folder(out: Path, cfg: TrainConfig, resume: bool) -> None:
         ) from None
 
 
-def _loaders(
-    train_data: Any,
-    test_data: Any,
-    cfg: TrainConfig,
-    device: torch.device,
-    dist_info: Any,
-    mean: list[float] | None,
-    std: list[float] | None,
-) -> tuple[Any, Any]:
-    """(x, y) tensors -> device-resident TensorLoaders with this run's seed and shard; DataLoaders pass."""
+def _device_loaders(data: Data, cfg: TrainConfig, device: torch.device, dist_info: Any) -> tuple[Any, Any]:
+    """Tensor data -> device-resident TensorLoaders with this run's seed and shard; DataLoaders pass."""
     from batchshaping.data import as_loader
 
-    tensors = isinstance(train_data, tuple | list)
+    tensors = isinstance(data.train, tuple | list)
+    mean, std = data.mean, data.std
     if tensors and mean is None:
-        x = torch.as_tensor(train_data[0])
+        x = torch.as_tensor(data.train[0])
         xf = x.float() / (255.0 if x.dtype == torch.uint8 else 1.0)
         mean, std = xf.mean((0, 2, 3)).tolist(), xf.std((0, 2, 3)).tolist()
     kw: dict[str, Any] = dict(mean=mean or [0.0], std=std or [1.0], channels_last=cfg.channels_last)
@@ -468,9 +284,9 @@ def _loaders(
         seed=cfg.seed, augment=cfg.data.augment, rank=dist_info.rank, world_size=dist_info.world_size
     )
     per_rank = cfg.data.batch_size // dist_info.world_size
-    train = as_loader(train_data, per_rank, True, device, **kw, **(train_kw if tensors else {}))
-    test_kw = dict(seed=cfg.seed) if isinstance(test_data, tuple | list) else {}
-    return train, as_loader(test_data, cfg.data.eval_batch_size, False, device, **kw, **test_kw)
+    train = as_loader(data.train, per_rank, True, device, **kw, **(train_kw if tensors else {}))
+    test_kw = dict(seed=cfg.seed) if isinstance(data.test, tuple | list) else {}
+    return train, as_loader(data.test, cfg.data.eval_batch_size, False, device, **kw, **test_kw)
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, device: torch.device, world_size: int) -> nn.Module:

@@ -29,8 +29,9 @@ from batchshaping.config import TrainConfig
 from batchshaping.data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader
 from batchshaping.macs import MacCounter
 from batchshaping.runtime import machine_description
+from batchshaping.step import TrainStep, sgd
 from batchshaping.tasks import ClassificationTask
-from batchshaping.train import TrainStep, sgd, train_epoch
+from batchshaping.train import train_epoch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

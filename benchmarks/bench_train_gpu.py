@@ -70,8 +70,9 @@ from batchshaping.macs import MacCounter
 from batchshaping.models import GateConfig, create_model, model_info
 from batchshaping.models.cifar_resnet import CifarResNet
 from batchshaping.runtime import resolve_precision, seed_everything
+from batchshaping.step import STATS, TrainStep, schedule, sgd
 from batchshaping.tasks import ClassificationTask
-from batchshaping.train import STATS, TrainStep, schedule, sgd, train_epoch
+from batchshaping.train import train_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "train_gpu.jsonl"

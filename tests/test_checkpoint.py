@@ -81,6 +81,7 @@ def test_dense_weights_of_another_depth_or_class_count_are_refused_by_name(tmp_p
 
 
 def test_finetune_with_zero_backbone_lr_moves_only_the_gates(tmp_path):
+    from batchshaping.data import Data
     from batchshaping.train import fit
     from tests.conftest import tiny_config, tiny_data
 
@@ -91,7 +92,7 @@ def test_finetune_with_zero_backbone_lr_moves_only_the_gates(tmp_path):
     before = {k: v.clone() for k, v in gated.named_parameters()}
     cfg = tiny_config(epochs=1, model="gated_resnet20")
     cfg.optim.backbone_lr_factor = 0.0
-    fit(gated, tiny_data(64, 1, size=32, classes=10), tiny_data(32, 2, size=32, classes=10), 10, cfg)
+    fit(gated, Data(tiny_data(64, 1, size=32, classes=10), tiny_data(32, 2, size=32, classes=10), 10), cfg)
     moved = {k for k, v in gated.named_parameters() if not torch.equal(v, before[k])}
     assert moved and all(".gate." in k for k in moved)
     assert any(k.endswith("gate.fc2.weight") for k in moved)

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from batchshaping.gates import GateOutput
 from batchshaping.losses import BatchShapingLoss
 from batchshaping.runtime import shutdown_distributed
-from batchshaping.train import batch_shaping_input
+from batchshaping.step import batch_shaping_input
 
 
 def _free_port() -> int:
@@ -54,6 +54,7 @@ def test_synced_batch_shaping_equals_single_process_on_the_concatenated_batch(tm
 
 def _fit_worker(rank: int, world: int, port: int, out: str) -> None:
     _init(rank, world, port)
+    from batchshaping.data import Data
     from batchshaping.models import GateConfig
     from batchshaping.models.cifar_resnet import CifarResNet
     from batchshaping.train import fit
@@ -63,7 +64,7 @@ def _fit_worker(rank: int, world: int, port: int, out: str) -> None:
     cfg = tiny_config(epochs=1, sync_bn=True)
     cfg.loss.bs_sync = True
     with pytest.warns(UserWarning, match="sync_bn needs CUDA"):
-        fit(CifarResNet(8, 4, GateConfig()), tiny_data(64, 1), tiny_data(32, 2), 4, cfg, f"{out}/run")
+        fit(CifarResNet(8, 4, GateConfig()), Data(tiny_data(64, 1), tiny_data(32, 2), 4), cfg, f"{out}/run")
     shutdown_distributed()
 
 

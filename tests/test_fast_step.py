@@ -14,11 +14,13 @@ import batchshaping.fast_step as fs
 import batchshaping.train as train_mod
 from batchshaping.checkpoint import load_checkpoint
 from batchshaping.config import ConfigError, config_from_dict, dump_config, load_config
+from batchshaping.data import Data
 from batchshaping.macs import MacCounter
 from batchshaping.models import GateConfig
 from batchshaping.models.cifar_resnet import CifarResNet
+from batchshaping.step import STATS, TrainStep, schedule, sgd
 from batchshaping.tasks import ClassificationTask
-from batchshaping.train import TrainStep, fit, schedule, sgd
+from batchshaping.train import fit
 from tests.conftest import killed_in_epoch, tiny_config, tiny_data
 
 # Float tolerance of fast vs eager: the same float32 ops up to rounding order (the update multiplies by
@@ -156,8 +158,8 @@ def test_fast_step_gives_the_losses_gradients_and_state_of_the_eager_step(gated,
     (sa, ga), (sb, gb) = run(a, data), run(b, data)
     assert_same_training(a, b, sa, sb, ga, gb)
     if gated:  # logged like TrainStep: a loss whose weight is 0 shows as 0
-        bs, l0 = train_mod.STATS.index("train_bs"), train_mod.STATS.index("train_l0")
-        macs = train_mod.STATS.index("train_macs")
+        bs, l0 = STATS.index("train_bs"), STATS.index("train_l0")
+        macs = STATS.index("train_macs")
         assert sb[2][bs] == 0 and sb[0][l0] == 0 and sb[1][bs] > 0 and sb[1][l0] > 0
         assert sb[0][macs] == 0 and sb[1][macs] > 0 and sb[4][macs] > 0
     assert b.path == "eager" and b.warmup_s > 0
@@ -350,9 +352,7 @@ def test_choose_path(requested, device, kw, world, path, reason):
     assert got[0] == path and reason in got[1]
 
 
-def test_config_step_key_and_old_compile_key():
-    assert config_from_dict({"compile": True}).step == "compile"
-    assert config_from_dict({"compile": False}).step == "auto"
+def test_config_step_key():
     assert load_config(overrides=["step=graph"]).step == "graph"
     with pytest.raises(ConfigError, match="'step' must be one of"):
         load_config(overrides=["step=fast"])
@@ -398,12 +398,12 @@ def test_the_whole_step_never_reads_values_on_the_host(name, shape, l0_reduction
     y = torch.empty((2, *shape[1:]) if seg else (2,), dtype=torch.long, device="meta")
     for sched in SCHEDULE[:3]:
         stats = fast(x, y, *sched)
-    assert stats.shape == (len(train_mod.STATS) + 1,) and stats.device.type == "meta"
+    assert stats.shape == (len(STATS) + 1,) and stats.device.type == "meta"
     assert all("momentum_buffer" in fast.optimizer.state[p] for p in model.parameters())
 
 
 def fit_run(out, **kw):
-    return fit(tiny_model(), tiny_data(64, 1), tiny_data(32, 2), 4, tiny_config(), out, **kw)
+    return fit(tiny_model(), Data(tiny_data(64, 1), tiny_data(32, 2), 4), tiny_config(), out, **kw)
 
 
 def test_fit_on_cpu_runs_the_eager_step_and_says_so(tmp_path, capsys, monkeypatch):

@@ -18,10 +18,12 @@ from .cifar import (
     md5sum,
     resolve_data_dir,
 )
+from .dataset import Data
 from .errors import DataCorruptError, DataError, DataNotFoundError
 from .loader import DeviceLoader, TensorLoader, as_loader, build_loaders
 
 __all__ = [
+    "Data",
     "CIFAR10_CLASSES",
     "CIFAR10_MEAN",
     "CIFAR10_STD",

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from batchshaping.checkpoint import atomic_save, load_checkpoint, model_from_config
+from batchshaping.data import Data
 from batchshaping.train import fit
 from tests.conftest import tiny_config, tiny_data
 
@@ -26,7 +27,7 @@ def _train(out: Path, model: str) -> Path:
     cfg = tiny_config(epochs=1, model=model, deterministic=False)  # deterministic mode imports dynamo: 3 s
     cfg.loss.bs_weight = cfg.loss.l0_weight = 0.0
     torch.manual_seed(0)
-    fit(model_from_config(cfg, NUM_CLASSES), data(16, 1), data(16, 2), NUM_CLASSES, cfg, out)
+    fit(model_from_config(cfg, NUM_CLASSES), Data(data(16, 1), data(16, 2), NUM_CLASSES), cfg, out)
     return out
 
 
