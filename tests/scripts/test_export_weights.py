@@ -1,0 +1,41 @@
+"""scripts/export_weights.py: model-only weights of finished runs and their manifest."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from batchshaping.checkpoint import load_checkpoint
+from tests.test_train import run as train_tiny
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import export_weights  # noqa: E402
+
+
+def test_exported_weights_load_equal_the_run_and_the_manifest_names_their_hash(tmp_path, capsys):
+    run = tmp_path / "runs" / "tiny_e2"
+    summary = train_tiny(run)
+    out = tmp_path / "weights"
+    assert export_weights.main([str(run), "--out", str(out)]) == 0
+    entry = json.loads((out / "manifest.json").read_text())["weights"][0]
+    assert entry["run"] == "tiny_e2" and entry["epochs"] == 2 and entry["top1"] == summary["top1"]
+    assert entry["sha256"] == export_weights.sha256(out / "tiny_e2.pt") and entry["evaluate"].startswith(
+        "batchshaping eval "
+    )
+    exported = load_checkpoint(out / "tiny_e2.pt")
+    assert not {"optimizer", "scaler", "rng"} & exported.keys()
+    for k, v in load_checkpoint(run)["model"].items():  # what load_model / eval read
+        assert torch.equal(exported["model"][k], v), k
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_an_unfinished_run_is_refused(tmp_path):
+    run = tmp_path / "cut"
+    train_tiny(run)
+    (run / "summary.json").unlink()
+    with pytest.raises(SystemExit, match="has not finished"):
+        export_weights.main([str(run), "--out", str(tmp_path / "w")])
