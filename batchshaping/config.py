@@ -92,8 +92,8 @@ class TrainConfig:
     eval_every: int = 1  # epochs
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16: CUDA only)
     channels_last: bool = True
-    # The training step (batchshaping.fast_step): "auto" captures it in a CUDA graph on CUDA and runs it
-    # eagerly on CPU; "graph" asks for the capture, "compile" for torch.compile, "eager" for neither.
+    # The training step (batchshaping.fast_step): "auto" captures it in a CUDA graph on CUDA, compiles a
+    # long gated run on CPU and runs the rest eagerly; "graph", "compile" and "eager" choose explicitly.
     step: str = "auto"  # auto | eager | compile | graph
     sync_bn: bool = False
     seed: int = 0
@@ -159,10 +159,6 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in fields(obj)}
     for key, value in data.items():
-        if not prefix and key == "compile" and isinstance(value, bool):  # configs before the step key
-            if value:
-                obj.step = "compile"
-            continue
         path = f"{prefix}{key}"
         if key not in names:
             raise ConfigError(f"unknown config key {path!r}{_suggest(key, prefix)}")
@@ -210,7 +206,7 @@ def _type_name(tp: Any) -> str:
 
 def _yaml_loader() -> Any:
     """A safe YAML loader that reads numbers as people write them: YAML 1.1 takes ``1e-3`` and ``1.0e9``
-    (no dot, or no sign in the exponent) for strings, which made ``--set loss.l0_weight=1e-3`` fail."""
+    (no dot, or no sign in the exponent) for strings, so ``--set loss.l0_weight=1e-3`` would be a string."""
     import re
 
     import yaml

@@ -37,11 +37,9 @@ from batchshaping.models.blocks import BasicBlock, Bottleneck
 from batchshaping.models.cifar_resnet import CifarResNet, PadShortcut
 from batchshaping.models.resnet import ResNet
 
-# Batch modes kept because a measured case needs them (benchmarks/README.md, "Batches" and "GPU (H200)"):
-# "union" was the fastest CPU mode in every measured batch (ResNet-32 at 8 and 32, ResNet-50 at 4); "masked"
-# was the fastest on an H200 at every batch size (1.08-1.88x the dense time, union 1.14-3.14x). "group" (one
-# call per distinct mask) was removed: it never won (1.2-1.8x the union's time on CPU with image-dependent
-# masks, equal with shared masks, 15-160x the dense time on the H200).
+# Batches of images with different masks: "union" runs the channels open in any image of the batch (the
+# fastest CPU mode), "masked" runs every channel and zeroes the closed ones (the fastest on a GPU, where index
+# copies and small kernels cost more than skipped MACs save); see benchmarks/README.md.
 BatchMode = Literal["auto", "union", "masked"]
 BATCH_MODES: tuple[str, ...] = ("auto", "union", "masked")
 
@@ -61,8 +59,7 @@ def resolve_batch_mode(batch_mode: str, device: torch.device) -> str:
     """The mode a model on ``device`` runs for ``batch_mode``: "auto" is "union" on CPU, "masked" elsewhere
     (on a GPU, index copies, host syncs and small kernels cost more than the skipped MACs save)."""
     if batch_mode not in BATCH_MODES:
-        removed = " ('group' was removed: it was never the fastest)" if batch_mode == "group" else ""
-        raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}{removed}")
+        raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
     if batch_mode != "auto":
         return batch_mode
     return "union" if device.type == "cpu" else "masked"
@@ -384,8 +381,8 @@ class ConditionalBottleneck(_ConditionalBlock):
         self.gate = FoldedGate(block.gate)
         self.conv1 = FoldedConv(block.conv1, block.bn1, zero_row=align > 1)
         self.conv2 = FoldedConv(block.conv2, block.bn2, zero_row=align > 1)
-        # The transposed copy of conv3's weight (20 MB more for ResNet-50) is kept for speed: without it the
-        # conditional ResNet-50 was 3% slower (benchmarks/README.md, "Leaner inference.py").
+        # A transposed copy of conv3's weight (20 MB more for ResNet-50): reading the open input channels as
+        # contiguous rows is faster than gathering columns.
         self.conv3 = FoldedConv(block.conv3, block.bn3, columns_t=True)
         self.register_buffer("pad", _pad_idx(block.width, align, block.conv1.weight.device))
         self.shortcut = _shortcut(block.downsample)

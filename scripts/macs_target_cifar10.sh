@@ -31,7 +31,7 @@ for target in $TARGETS; do
       --set loss.l0_weight=0 --set loss.macs_target="$target" --set loss.macs_weight="$WEIGHT"
   fi
   mkdir -p "results/cifar10_macs_target/$run"
-  cp "$out/summary.json" "$out/log.jsonl" "$out/config.yaml" "results/cifar10_macs_target/$run/"
+  cp "$out/summary.json" "$out/log.jsonl" "$out/config.yaml" "$out/history.jsonl" "results/cifar10_macs_target/$run/"
   python - "$out/summary.json" "$target" <<'PY'
 import json, sys
 s, target = json.load(open(sys.argv[1])), float(sys.argv[2])

@@ -45,8 +45,8 @@ args_for() {
 }
 # L0 alone needs a much larger weight than with batch-shaping for a similar MAC level: with batch-shaping
 # the gates sit near the prior's mean (p ~ 0.6, where the L0 gradient p(1 - p) is large); without it they
-# start at p ~ 0.95, and once they move the gradient grows and they collapse. Final MAC ratios in the
-# 5-epoch protocol (RESULTS.md): weight 0.05 -> 0.02, 0.035 -> 0.09, 0.025 -> ~0.4; a sweep must be fine.
+# start at p ~ 0.95, and once they move the gradient grows and they collapse, so its sweep must be fine
+# (RESULTS.md, "The claims, after 5 epochs").
 ORDER=(resnet20 gated_resnet32_bs_l0_0.001 gated_resnet32_l0only_0.025 resnet32 gated_resnet32_bs10_l0_0.001 resnet56)
 [ $# -gt 0 ] && ORDER=("$@")
 for name in "${ORDER[@]}"; do args_for "$name" >/dev/null; done  # fail before any run starts
