@@ -40,7 +40,7 @@ RESUME_OVERRIDABLE = {
 
 
 def normalization(dataset: str) -> tuple[list[float], list[float]]:
-    """Per-channel (RGB) mean and std, of images in [0, 1], that the data set ``dataset`` is normalised with."""
+    """Per-channel (RGB) mean and std, of images in [0, 1], that data set ``dataset`` is normalised with."""
     if dataset == "cifar10":
         from batchshaping.data import CIFAR10_MEAN, CIFAR10_STD
 
@@ -79,6 +79,8 @@ def load_data(
 def _cifar10(cfg: TrainConfig, data_dir: str | None) -> Data:
     from batchshaping.data import CIFAR10_CLASSES, load_cifar10, resolve_data_dir
 
+    if cfg.num_classes not in (None, 10):
+        raise ConfigError(f"CIFAR-10 has 10 classes; num_classes is {cfg.num_classes} (leave it unset)")
     root = resolve_data_dir(data_dir or cfg.data.root)
     d = load_cifar10(root, download=cfg.data.download)
     ntr, nte = cfg.data.train_subset, cfg.data.test_subset

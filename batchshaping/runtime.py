@@ -34,7 +34,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_has_fast_bf16() else None
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision 'fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
+        from batchshaping.config import ConfigError
+
+        raise ConfigError("precision 'fp16' needs CUDA; use --set precision=bf16 or fp32 (or auto) on CPU")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 

@@ -220,3 +220,19 @@ def test_sigterm_ends_a_run_like_ctrl_c_and_leaves_the_handler_as_it_was(
         f"interrupted; continue with: batchshaping train --out {tmp_path} --resume" in capsys.readouterr().err
     )
     assert load_checkpoint(tmp_path)["epoch"] == 1 and signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("precision=fp16", "precision 'fp16' needs CUDA; use --set precision=bf16 or fp32"),
+        ("num_classes=3", "CIFAR-10 has 10 classes; num_classes is 3"),
+    ],
+)
+def test_settings_that_do_not_fit_the_machine_or_data_are_one_line_errors(
+    tmp_path, cifar_dir, capsys, setting, message
+):
+    args = ["train", "--data-dir", str(cifar_dir), "--out", str(tmp_path), *sets(*SMALL, setting)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
