@@ -4,6 +4,9 @@ results/cifar10/<run>/{summary.json,config.yaml}.
     python scripts/results_table.py            # prints the tables and the headline
     python scripts/results_table.py --write    # replaces them between their markers in RESULTS.md / README.md
 
+The runs of scripts/macs_target_cifar10.sh (results/cifar10_macs_target/) get a table of how close each
+landed on its MAC budget.
+
 The runs of the fine-tuning protocol (scripts/finetune_cifar10.sh: dense resnet32, resnet20 for the same
 total epochs, gated_resnet32 fine-tuned from the dense resnet32) are in results/cifar10_finetune/ and get a
 table of their own.
@@ -32,7 +35,13 @@ MARKERS = {
     "RESULTS.md": ("<!-- results-table:begin -->", "<!-- results-table:end -->"),
     "README.md": ("<!-- headline:begin -->", "<!-- headline:end -->"),
     "finetune": ("<!-- finetune-table:begin -->", "<!-- finetune-table:end -->"),
+    "macs_target": ("<!-- macs-target-table:begin -->", "<!-- macs-target-table:end -->"),
 }
+MACS_TARGET_HEADER = (
+    "| run | MAC target | budget counts gates | test mean MAC ratio | off the target | top-1 | mean MMACs "
+    "| gates on / off / cond. (%) | wall time | machine | command |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
 FINETUNE_HEADER = (
     "| run | model | start | BS weight (phase) | L0 weight | epochs (total) | top-1 | mean MMACs "
     "| ratio to resnet20 | gates on / off / cond. (%) | wall time | machine | command |\n"
@@ -171,6 +180,32 @@ def finetune_table(runs: list[dict], r20_macs: float) -> str:
     return FINETUNE_HEADER + "".join("\n" + finetune_row(r, r20_macs, f) for r in order)
 
 
+def macs_target_row(r: dict) -> str:
+    """A run of scripts/macs_target_cifar10.sh. Runs named ``..._expected_...`` trained with the budget on
+    the expected MACs (gate probabilities), before it counted gates as evaluation does; their command is
+    that of the script at the commit that introduced it."""
+    s, loss, data = r["s"], r["cfg"]["loss"], r["cfg"]["data"]
+    target, ratio = loss["macs_target"], s["mac_ratio"]
+    count = "expected (probabilities)" if "_expected_" in r["run"] else "as evaluation (p > 0.5)"
+    gates = "{:.1f} / {:.1f} / {:.1f}".format(
+        *(100 * s[k] for k in ("gates_always_on", "gates_always_off", "gates_conditional"))
+    )
+    cmd = (
+        f'N={data["train_subset"]} TARGETS="{target}" WEIGHT={loss["macs_weight"]:g} EPOCHS={s["epochs"]} '
+        "THREADS=1 bash scripts/macs_target_cifar10.sh"
+    )
+    return (
+        f"| {r['run']} | {target} | {count} | {ratio:.4f} | {100 * (ratio / target - 1):+.1f}% | "
+        f"{100 * s['top1']:.2f}% | {s['macs_mean'] / 1e6:.2f} | {gates} | {s['wall_time_s'] / 60:.0f} min | "
+        f"{s.get('machine', s['device'])} ({s['precision']}) | `{cmd}` |"
+    )
+
+
+def macs_target_table(runs: list[dict]) -> str:
+    order = sorted(runs, key=lambda r: (r["cfg"]["loss"]["macs_target"], r["run"]))
+    return MACS_TARGET_HEADER + "".join("\n" + macs_target_row(r) for r in order)
+
+
 def replace(path: Path, begin: str, end: str, body: str) -> None:
     text = path.read_text()
     if begin not in text or end not in text:
@@ -191,9 +226,12 @@ def main() -> None:
     body = {"RESULTS.md": tables(runs, r20_macs), "README.md": headline(runs, r20_macs)}
     if finetune.is_dir():
         body["finetune"] = finetune_table(load_runs(finetune), r20_macs)
+    macs_target = args.results.parent / "cifar10_macs_target"
+    if macs_target.is_dir():
+        body["macs_target"] = macs_target_table(load_runs(macs_target))
     for key, text in body.items():
         if args.write:
-            replace(ROOT / ("RESULTS.md" if key == "finetune" else key), *MARKERS[key], text)
+            replace(ROOT / (key if key.endswith(".md") else "RESULTS.md"), *MARKERS[key], text)
         else:
             print(text, end="\n\n")
 

@@ -58,3 +58,17 @@ def test_paper_recipe_runs_get_their_own_table_command_and_the_headline(tmp_path
     head = results_table.headline(runs, 40.55e6)
     assert head.startswith("Headline (500-epoch GPU runs of the paper's recipe")
     assert "| gated_resnet32_bs_l0_0.0006_paper_e500_gpu |" in head
+
+
+def test_macs_target_table_says_how_far_each_run_ended_from_its_budget(tmp_path):
+    results = tmp_path / "cifar10_macs_target"
+    for name, macs in (("gated_resnet32_macs0.5_w20_n5000_e30", 0.51 * 68.86e6),):
+        fake_run(results, name, "gated_resnet32", 30, macs, 0.4, "cifar10_gated_resnet32_cpu")
+        cfg = yaml.safe_load((results / name / "config.yaml").read_text())
+        cfg["loss"].update(macs_target=0.5, macs_weight=20.0)
+        cfg["data"] = {"train_subset": 5000}
+        (results / name / "config.yaml").write_text(yaml.safe_dump(cfg))
+    text = results_table.macs_target_table(results_table.load_runs(results))
+    row = text.splitlines()[-1]
+    assert "| 0.5 | as evaluation (p > 0.5) | 0.5100 | +2.0% | 40.00% |" in row
+    assert '`N=5000 TARGETS="0.5" WEIGHT=20 EPOCHS=30 THREADS=1 bash scripts/macs_target_cifar10.sh`' in row
