@@ -183,10 +183,9 @@ def resume_config(out_dir: str | Path, overrides: list[str]) -> TrainConfig:
     """The config of the run in ``out_dir`` (from its last.pt), for ``--resume``. Overrides may only change
     where and how the run executes (:data:`RESUME_OVERRIDABLE`); anything else would change the run and is
     refused."""
-    last = Path(out_dir) / "last.pt"
-    if not last.is_file():
-        raise ConfigError(f"--resume: {str(out_dir)!r} has no last.pt; nothing to resume")
-    cfg = config_from_dict(load_checkpoint(last)["config"])
+    from batchshaping.train import resumable
+
+    cfg = config_from_dict(load_checkpoint(resumable(out_dir))["config"])
     changes = parse_overrides(overrides)
     flat = _flatten(changes)
     refused = sorted(k for k in flat if k not in RESUME_OVERRIDABLE)

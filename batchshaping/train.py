@@ -250,11 +250,18 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+def resumable(out: str | Path) -> Path:
+    """The last.pt of the run folder ``out``; ConfigError if there is none to resume from."""
+    last = Path(out) / "last.pt"
+    if not last.is_file():
+        raise ConfigError(f"--resume: {str(out)!r} has no last.pt; nothing to resume")
+    return last
+
+
 def _prepare_run_folder(out: Path, cfg: TrainConfig, resume: bool) -> None:
     """Create the run folder and write config.yaml for a new run; check that a resumed one can go on."""
     if resume:
-        if not (out / "last.pt").is_file():
-            raise ConfigError(f"--resume: {str(out)!r} has no last.pt; nothing to resume")
+        resumable(out)
         return
     if (out / "last.pt").exists():
         raise ConfigError(
