@@ -106,12 +106,6 @@ def fit(
         device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format
     )
     train_loader, test_loader = _device_loaders(data, cfg, device, dist_info)
-    if len(train_loader) == 0:
-        raise ConfigError(
-            f"the training set holds no full batch of data.batch_size={cfg.data.batch_size} "
-            f"(per process: {cfg.data.batch_size // dist_info.world_size}); lower data.batch_size or train "
-            "on more images (data.train_subset)"
-        )
     input_shape = data.input_shape or tuple(next(iter(test_loader))[0].shape[1:])
     counter = MacCounter(model, input_shape)
     net = _wrap(model, cfg, device, dist_info.world_size)
@@ -292,6 +286,11 @@ def _device_loaders(data: Data, cfg: TrainConfig, device: torch.device, dist_inf
     )
     per_rank = cfg.data.batch_size // dist_info.world_size
     train = as_loader(data.train, per_rank, True, device, **kw, **(train_kw if tensors else {}))
+    if len(train) == 0:
+        raise ConfigError(
+            f"the training set holds no full batch of data.batch_size={cfg.data.batch_size} "
+            f"(per process: {per_rank}); lower data.batch_size or train on more images (data.train_subset)"
+        )
     test_kw = dict(seed=cfg.seed) if isinstance(data.test, tuple | list) else {}
     return train, as_loader(data.test, cfg.data.eval_batch_size, False, device, **kw, **test_kw)
 
