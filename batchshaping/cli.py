@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="gate statistics, compute versus difficulty, plots and report.md")
     a.add_argument("checkpoint", help="a .pt file or a run folder (its last.pt)")
     a.add_argument("--out", required=True, help="folder for report.md, the plots and the numbers")
-    a.add_argument("--data-dir", help="CIFAR-10 folder (default: the one the run was trained on)")
+    a.add_argument("--data-dir", help="dataset folder (default: the one the run was trained on)")
     a.add_argument(
         "--max-images", type=_positive_int, default=None, help="analyse only the first N test images"
     )

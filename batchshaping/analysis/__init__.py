@@ -1,7 +1,10 @@
 """Analysis of trained checkpoints and runs: gate statistics, compute versus difficulty, reports.
 
-- :func:`analyze_checkpoint` (``batchshaping analyze``): one checkpoint on the test set -> PNG plots,
-  report.md, analysis.json and per_image.npz.
+- :func:`analyze_checkpoint` (``batchshaping analyze``): one checkpoint on its data set's test split
+  (CIFAR-10, ImageNet or Cityscapes, read as ``batchshaping eval`` reads it) -> PNG plots, report.md,
+  analysis.json and per_image.npz. Modules: ``collect`` (the evaluation pass with per-image records),
+  ``numbers`` (analysis.json), ``figures`` and ``plots`` (the PNGs), ``markdown`` (report.md),
+  ``report`` (reads the checkpoint and the data, writes the files).
 - :func:`compare_runs` (``batchshaping compare``): several run folders -> accuracy-versus-MACs plot,
   compare.md and compare.json.
 - :mod:`batchshaping.analysis.stats`: the pure statistics behind them.
@@ -11,14 +14,10 @@ Needs matplotlib (``pip install batchshaping[analysis]``).
 
 from batchshaping.analysis.collect import PassResult, collect
 from batchshaping.analysis.compare import compare_runs, load_run, run_kind
-from batchshaping.analysis.report import (
-    analyze_checkpoint,
-    analyze_model,
-    build_analysis,
-    describe_outputs,
-    prepare_out,
-    written_files,
-)
+from batchshaping.analysis.markdown import render_report
+from batchshaping.analysis.numbers import build_analysis
+from batchshaping.analysis.outputs import describe_outputs, prepare_out, written_files
+from batchshaping.analysis.report import analyze_checkpoint, analyze_data, analyze_model
 from batchshaping.analysis.stats import (
     gate_classes,
     per_class_means,
@@ -30,6 +29,7 @@ from batchshaping.analysis.stats import (
 __all__ = [
     "PassResult",
     "analyze_checkpoint",
+    "analyze_data",
     "analyze_model",
     "build_analysis",
     "collect",
@@ -41,6 +41,7 @@ __all__ = [
     "per_layer_counts",
     "prepare_out",
     "rankdata",
+    "render_report",
     "run_kind",
     "spearman",
     "written_files",

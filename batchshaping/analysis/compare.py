@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from batchshaping.analysis import plots
-from batchshaping.analysis.report import DATASET_NAMES, prepare_out
+from batchshaping.analysis.formatting import DATASET_NAMES, mac_unit, pct
+from batchshaping.analysis.outputs import prepare_out
 
 PLOT_FILE = "accuracy_vs_macs.png"
 #: Test-set sizes when a run used the whole test split (data.test_subset = None).
@@ -103,7 +104,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
     size = f"{sizes.pop()} images" if len(sizes) == 1 and None not in sizes else "test subsets differ"
     title = f"Top-1 accuracy versus compute, {data} test ({size})"
     plots.accuracy_vs_macs(rows, title, out_path / PLOT_FILE)
-    div, unit = plots.mac_unit(max(r["macs"] for r in rows))
+    div, unit = mac_unit(max(r["macs"] for r in rows))
     result = {"title": title, "plot": PLOT_FILE, "macs_unit": unit, "runs": rows}
     (out_path / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_path / "compare.md").write_text(_markdown(rows, title, div, unit))
@@ -128,8 +129,9 @@ def _fmt_time(s: float | None) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min"
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+def _gates(v: float | None) -> str:
+    """A gate-class fraction in the table's "%" columns: "12.3", "-" for a dense run."""
+    return pct(v, digits=1, suffix="", missing="-")
 
 
 def _markdown(rows: list[dict[str, Any]], title: str, div: float, unit: str) -> str:
@@ -145,8 +147,8 @@ def _markdown(rows: list[dict[str, Any]], title: str, div: float, unit: str) -> 
     for r in sorted(rows, key=lambda r: (r["kind"] != "dense", r["macs"])):
         lines.append(
             f"| `{r['run']}` | {r['model']} | {r['kind']} | {100 * r['top1']:.2f} | {r['macs'] / div:.2f} | "
-            f"{r['mac_ratio']:.3f} | {_pct(r['gates_always_on'])} | {_pct(r['gates_always_off'])} | "
-            f"{_pct(r['gates_conditional'])} | {r['epochs']} | {_fmt_time(r['wall_time_s'])} | "
+            f"{r['mac_ratio']:.3f} | {_gates(r['gates_always_on'])} | {_gates(r['gates_always_off'])} | "
+            f"{_gates(r['gates_conditional'])} | {r['epochs']} | {_fmt_time(r['wall_time_s'])} | "
             f"{r['test_images']} |"
         )
     lines += [

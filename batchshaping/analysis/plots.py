@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from batchshaping.analysis.formatting import mac_unit
 from batchshaping.analysis.stats import ALWAYS_OFF_CLASS, ALWAYS_ON_CLASS, CONDITIONAL_CLASS
 
 # Same colours for the gate classes everywhere.
@@ -54,17 +56,6 @@ def _save(fig: Any, path: Path) -> None:
         fig.clear()  # drop the artists now rather than at garbage collection
     rgb = Image.open(buf).convert("RGB")
     rgb.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, format="PNG", optimize=True)
-
-
-def mac_unit(value: float) -> tuple[float, str]:
-    """(divisor, unit) for showing MAC counts of magnitude ``value``: GMACs from 1e9, MMACs from 1e6,
-    else kMACs, so axis numbers stay readable."""
-    value = abs(float(value))
-    if value >= 1e9:
-        return 1e9, "GMACs"
-    if value >= 1e6:
-        return 1e6, "MMACs"
-    return 1e3, "kMACs"
 
 
 def short_layer_name(name: str) -> str:
@@ -206,34 +197,35 @@ def macs_correct_incorrect(
     _save(fig, path)
 
 
+@dataclass(frozen=True)
+class DifficultyPanel:
+    """One panel of :func:`macs_vs_difficulty`: a per-image measure (N,) and its Spearman correlation
+    with the MACs; the x axis reads "<name> (<unit>)", on a log scale if ``log``."""
+
+    values: np.ndarray
+    rho: float
+    name: str
+    unit: str
+    log: bool = False
+
+
 def macs_vs_difficulty(
-    macs: np.ndarray,
-    entropy: np.ndarray,
-    loss: np.ndarray,
-    rho_entropy: float,
-    rho_loss: float,
-    dense: float,
-    subtitle: str,
-    path: Path,
+    macs: np.ndarray, panels: Sequence[DifficultyPanel], dense: float, subtitle: str, path: Path
 ) -> None:
-    """Two hexbin panels: the MACs (N,) against the prediction entropy (N,) and against the cross-entropy
-    loss (N,) on a log axis, titled with the Spearman correlations ``rho_entropy`` / ``rho_loss``."""
+    """One hexbin panel per measure: the MACs (N,) against the panel's values (N,; pairs with a NaN are
+    left out), titled with the Spearman correlation. Log panels clamp their values to >= 1e-4 (a confident
+    correct prediction has a loss of ~0, which a log axis cannot show)."""
     div, unit = mac_unit(dense)
-    m = macs / div
-    fig, axes = _subplots(1, 2, figsize=(11.5, 4.4))
-    loss_floor = 1e-4  # a confident correct prediction has a loss of ~0; clamp so the log axis shows it
-    floor_note = f", clamped to >= {loss_floor:g}" if (loss < loss_floor).any() else ""
-    panels = (
-        (axes[0], entropy, rho_entropy, "prediction entropy (nats)", "linear"),
-        (
-            axes[1],
-            np.maximum(loss, loss_floor),
-            rho_loss,
-            f"cross-entropy loss (nats, log scale{floor_note})",
-            "log",
-        ),
-    )
-    for ax, x, rho, xlabel, xscale in panels:
+    fig, axes = _subplots(1, len(panels), figsize=(5.75 * len(panels), 4.4), squeeze=False)
+    loss_floor = 1e-4
+    for ax, panel in zip(axes[0], panels, strict=True):
+        keep = np.isfinite(panel.values) & np.isfinite(macs)
+        m, x = macs[keep] / div, panel.values[keep]
+        xscale = "log" if panel.log else "linear"
+        detail = ""
+        if panel.log:
+            detail = ", log scale" + (f", clamped to >= {loss_floor:g}" if (x < loss_floor).any() else "")
+            x = np.maximum(x, loss_floor)
         if np.ptp(m) > 0 and np.ptp(x) > 0:
             hb = ax.hexbin(x, m, gridsize=40, xscale=xscale, mincnt=1, bins="log", cmap="viridis")
             cb = fig.colorbar(hb, ax=ax, label="images per cell")
@@ -241,11 +233,11 @@ def macs_vs_difficulty(
         else:  # a constant axis has no extent for hexbin
             ax.scatter(x, m, s=4, alpha=0.5)
             ax.set_xscale(xscale)
-        if xscale == "log":
+        if panel.log:
             _plain_log_ticks(ax.xaxis, *ax.get_xlim())
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(f"{panel.name} ({panel.unit}{detail})")
         ax.set_ylabel(f"conditional MACs per image ({unit})")
-        ax.set_title(f"Spearman rho = {_fmt_rho(rho)}", fontsize=10)
+        ax.set_title(f"Spearman rho = {_fmt_rho(panel.rho)}", fontsize=10)
     fig.suptitle(f"Compute versus difficulty\n{subtitle}", fontsize=11)
     fig.tight_layout()
     _save(fig, path)
@@ -315,10 +307,11 @@ def macs_per_class(
     dense: float,
     subtitle: str,
     path: Path,
+    selection: str | None = None,
 ) -> None:
     """Bar per class (K of them): mean conditional MACs ``means`` (K,) (NaN: no image), the class's top-1
     ``accuracy`` (K,) written inside the bar's foot (above the bar it would collide with the line of the
-    overall mean ``overall``)."""
+    overall mean ``overall``). ``selection`` names the classes shown when they are not all (in the title)."""
     div, unit = mac_unit(dense)
     k = len(class_names)
     fig, ax = _subplots(figsize=(max(6.4, 0.6 * k + 1.5), 4.2))
@@ -339,7 +332,8 @@ def macs_per_class(
     ax.set_xticks(x, class_names, rotation=30 if k <= 20 else 90, ha="right" if k <= 20 else "center")
     ax.set_ylabel(f"mean conditional MACs per image ({unit})")
     ax.set_xlabel("true class (in the bar: top-1 accuracy of the class)")
-    ax.set_title(f"Compute per class (y axis does not start at 0)\n{subtitle}")
+    shown = f", {selection}" if selection else ""
+    ax.set_title(f"Compute per class{shown} (y axis does not start at 0)\n{subtitle}")
     ax.legend(frameon=False, loc="upper right")
     _save(fig, path)
 
@@ -361,7 +355,9 @@ def image_grid(
     ncols = max(1, min(ncols, k))
     nrows = max(1, -(-k // ncols))
     _, c, h, w = images.shape
-    gap, band = max(1, w // 8), int(round(0.5 * h))  # pixels between tiles / for the captions
+    # Pixels between tiles / for the captions. A column is a fixed width in inches and the captions a fixed
+    # font size, so the band scales with the tile's width (wide Cityscapes tiles need no less room).
+    gap, band = max(1, w // 8), int(round(0.5 * w))
     cell_w, cell_h = w + gap, h + band
     canvas = np.ones((nrows * cell_h, ncols * cell_w - gap, 3))
     fig_w = 1.45 * ncols
