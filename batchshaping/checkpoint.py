@@ -3,8 +3,8 @@ side, models rebuilt from a saved config, and warm starts from other weights.
 
 A checkpoint is a dict with keys ``format`` (= FORMAT), ``model`` (state_dict), ``config`` (TrainConfig as
 a dict), ``num_classes``, ``class_names``, ``epoch`` (epochs completed), ``optimizer``, ``scaler``, ``rng``
-(torch / numpy / python states), ``best_metric`` (``best_top1`` in checkpoints before 2026-12),
-``metrics`` (last evaluation), ``wall_time_s`` and ``git_commit``.
+(torch / numpy / python states), ``best_metric``, ``metrics`` (last evaluation), ``wall_time_s``,
+``macs_correction`` (the MAC budget's calibration, see :func:`batchshaping.train.fit`) and ``git_commit``.
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ class TrainingState:
     best_metric: float = -math.inf  # best evaluation metric so far (selects best.pt)
     metrics: dict[str, Any] = field(default_factory=dict)  # the last evaluation
     wall_time_s: float = 0.0  # training time of the epochs completed
+    macs_correction: float = 0.0  # added to loss.macs_target in training so evaluation lands on it
 
     def save(self, path: Path, cfg: TrainConfig, num_classes: int, class_names: list[str] | None) -> None:
         """Write the state (with the RNG states, so a resumed run draws the same numbers) atomically."""
@@ -158,21 +159,23 @@ class TrainingState:
             "best_metric": self.best_metric,
             "metrics": self.metrics,
             "wall_time_s": self.wall_time_s,
+            "macs_correction": self.macs_correction,
             "git_commit": git_commit(),
         }
         atomic_save(state, path)
 
     def restore(self, path: Path, device: torch.device) -> None:
-        """Load a state written by :meth:`save` (or by older versions, which named best_metric best_top1)."""
+        """Load a state written by :meth:`save`."""
         ckpt = load_checkpoint(path, map_location=device)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt.get("scaler", {}))
         set_rng_state(ckpt["rng"])
         self.epoch = ckpt["epoch"]
-        self.best_metric = ckpt.get("best_metric", ckpt.get("best_top1", -math.inf))
-        self.metrics = ckpt.get("metrics", {})
-        self.wall_time_s = ckpt.get("wall_time_s", 0.0)
+        self.best_metric = ckpt["best_metric"]
+        self.metrics = ckpt["metrics"]
+        self.wall_time_s = ckpt["wall_time_s"]
+        self.macs_correction = ckpt.get("macs_correction", 0.0)  # 0 until a budget is calibrated
 
 
 # ---------------------------------------------------------------------------------------- warm start

@@ -117,7 +117,9 @@ class TrainStep:
         costs = counter.gate_costs() if lc.l0_reduction == "macs" else None
         self.l0_weights = [c.to(self.device) for c in costs] if costs is not None else None
         self.l0_reduction = "mean" if self.l0_weights is not None else lc.l0_reduction
-        self.macs_target = lc.macs_target if lc.macs_target is not None else 0.0
+        # The budget as trained: loss.macs_target plus the calibration of fit's MacBudget. A device tensor
+        # changed in place, so compiled and captured steps read a new value without recompiling.
+        self.macs_goal = torch.tensor(lc.macs_target or 0.0, device=self.device)
         #: The gate losses, in the order of their weights (w_bs, w_l0, w_macs): gate outputs -> 0-d loss.
         self.gate_terms = (self.bs_term, self.l0_term, self.macs_term)
 
@@ -163,14 +165,8 @@ class TrainStep:
         return l0_loss(outs, reduction=self.l0_reduction, weights=self.l0_weights)
 
     def macs_term(self, outs: list[GateOutput]) -> Tensor:
-        # The budget is what inference costs: gates thresholded at p > 0.5, as evaluation does, with the
-        # gradient of the expected MACs (straight through: p - p.detach() is 0 in value, p in gradient).
-        # The expected MACs alone undershoot the evaluated ones where probabilities sit in (0.5, 1).
-        hard = [
-            o._replace(probs=(o.probs > 0.5).to(o.probs.dtype) + o.probs - o.probs.detach()) for o in outs
-        ]
-        macs = self.counter.conditional(hard, expected=True)
-        return mac_target_loss(macs, self.counter.dense, self.macs_target).float()
+        expected = self.counter.conditional(outs, expected=True)
+        return mac_target_loss(expected, self.counter.dense, self.macs_goal).float()
 
     @torch.no_grad()
     def stats(

@@ -29,8 +29,10 @@ from batchshaping.checkpoint import TrainingState
 from batchshaping.config import ConfigError, TrainConfig, dump_config, parse_duration
 from batchshaping.data import Data
 from batchshaping.evaluation import evaluate
+from batchshaping.gates import gate_outputs
 from batchshaping.macs import MacCounter
 from batchshaping.runtime import (
+    autocast,
     init_distributed,
     machine_description,
     resolve_device,
@@ -114,6 +116,7 @@ def fit(
     if resume:
         state.restore(out / "last.pt", device)  # type: ignore[operator]
     eager_step = TrainStep(model, net, opt, state.scaler, task, counter, cfg, amp_dtype)
+    budget = MacBudget.for_run(eager_step, cfg, data, train_loader, state) if eager_step.gated else None
     steps_left = (cfg.epochs - state.epoch) * len(train_loader)
     step = fast_step.choose_train_step(
         eager_step, cfg, dist_info.world_size, verbose=main, steps_left=steps_left
@@ -134,6 +137,8 @@ def fit(
             if bar is not None:
                 bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
             record = {"epoch": epoch + 1, **train_epoch(step, train_loader, epoch, cfg, bar)}
+            if budget is not None:
+                record.update(budget.after_epoch(epoch + 1, state, dist_info.world_size > 1))
             last = epoch + 1 == cfg.epochs
             if (epoch + 1) % cfg.eval_every == 0 or last:
                 if main:
@@ -189,6 +194,83 @@ def fit(
 
 
 # ------------------------------------------------------------------------------------ pieces of fit
+
+
+class MacBudget:
+    """``loss.macs_target`` as evaluation counts it.
+
+    The budget term of the step pulls the *expected* MACs of training batches (gate probabilities, training
+    mode: batch statistics in BatchNorm, noisy gates) to a goal; evaluation thresholds the gates of the
+    network in evaluation mode, and the two counts differ by a few percent (5,000-image CIFAR-10 runs:
+    +6% at the end). So once the budget's weight is at full strength (training progress >= loss.l0_end),
+    after every epoch the mean MAC ratio of a fixed set of training images is measured in evaluation mode
+    and the goal moves by half of the distance: goal = target + correction, correction += 0.5 * (target -
+    measured), within +-0.2. The correction is part of the training state (checkpoints, resume).
+
+    Calibration images: the first 1,024 training images without augmentation (tensor data), or the first
+    batches of the training loader drawn once with the global RNG state kept (DataLoaders).
+    """
+
+    GAIN, LIMIT, IMAGES = 0.5, 0.2, 1024
+
+    def __init__(self, step: TrainStep, cfg: TrainConfig, images: list[Tensor], state: TrainingState) -> None:
+        self.step, self.cfg, self.images = step, cfg, images
+        self.target = float(cfg.loss.macs_target)  # type: ignore[arg-type]
+        step.macs_goal.fill_(self.target + state.macs_correction)
+
+    @classmethod
+    def for_run(
+        cls, step: TrainStep, cfg: TrainConfig, data: Data, train_loader: Any, state: TrainingState
+    ) -> MacBudget | None:
+        """The budget of a run with ``loss.macs_target`` (None without one)."""
+        if cfg.loss.macs_target is None:
+            return None
+        if isinstance(data.train, tuple | list):
+            from batchshaping.data import as_loader
+
+            x, y = data.train[0][: cls.IMAGES], data.train[1][: cls.IMAGES]
+            mean, std = train_loader.mean, train_loader.std
+            loader = as_loader((x, y), cfg.data.eval_batch_size, False, step.device, mean, std)
+            images = [xb for xb, _ in loader]
+        else:
+            with torch.random.fork_rng(devices=[step.device] if step.device.type == "cuda" else []):
+                images, n = [], 0
+                for xb, _ in train_loader:
+                    images.append(xb)
+                    n += len(xb)
+                    if n >= cls.IMAGES:
+                        break
+        return cls(step, cfg, images, state)
+
+    @torch.no_grad()
+    def measure(self) -> float:
+        """Mean MAC ratio (of the dense MACs) of the calibration images, gates as evaluation sets them."""
+        model, counter = self.step.model, self.step.counter
+        was_training = model.training
+        model.eval()
+        total, n = 0.0, 0
+        for x in self.images:
+            with autocast(self.step.device, self.step.amp_dtype):
+                model(x)
+            total += float(counter.conditional(gate_outputs(model)).sum())
+            n += len(x)
+        model.train(was_training)
+        return total / n / counter.dense
+
+    def after_epoch(self, epoch: int, state: TrainingState, distributed: bool) -> dict[str, float]:
+        """Measure and correct after ``epoch`` (1-based) once the weight is full; the values for the log."""
+        if epoch / self.cfg.epochs < self.cfg.loss.l0_end:
+            return {}
+        ratio = self.measure()
+        correction = state.macs_correction + self.GAIN * (self.target - ratio)
+        correction = min(self.LIMIT, max(-self.LIMIT, correction))
+        if distributed:  # every rank trains to rank 0's goal
+            value = torch.tensor([correction], dtype=torch.float64, device=_collective_device())
+            dist.broadcast(value, 0)
+            correction = float(value.item())
+        state.macs_correction = correction
+        self.step.macs_goal.fill_(self.target + correction)
+        return {"macs_calibration_ratio": ratio, "macs_goal": self.target + correction}
 
 
 class TimeLimit:

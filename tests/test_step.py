@@ -54,26 +54,22 @@ def test_schedule_ramps_the_macs_weight_like_l0_and_only_with_a_target():
     assert [schedule(cfg, t)[3] for t in (0.1, 0.4, 0.6, 0.9)] == pytest.approx([0, 10, 20, 20])
 
 
-def test_the_budget_counts_gates_as_evaluation_does_with_the_expected_gradient():
-    """macs_term's value is the cost of gates thresholded at p > 0.5 (what `batchshaping eval` counts); its
-    gradient is that of the expected MACs."""
+def test_the_budget_term_pulls_the_expected_macs_to_the_goal_tensor():
+    """macs_term is (expected MAC ratio - goal)^2 with the goal read from a device tensor (changed in place
+    by the calibration, so a compiled step sees it), and has a gradient for every gate probability."""
     cfg = tiny_config()
     cfg.loss.macs_target = 0.5
     model = tiny_model()
     counter = MacCounter(model, (3, 16, 16))
     step = TrainStep(model, model, sgd(model, cfg), None, ClassificationTask(), counter, cfg, None)
-    model.eval()
     model(torch.randn(4, 3, 16, 16))
     from batchshaping.gates import gate_outputs
 
-    outs = gate_outputs(model)
-    probs = [torch.full_like(o.probs, 0.6, requires_grad=True) for o in outs]  # all open at evaluation
-    loss = step.macs_term([o._replace(probs=p) for o, p in zip(outs, probs, strict=True)])
-    full = (counter.dense + counter.gate_macs) / counter.dense
-    assert loss.item() == pytest.approx((full - 0.5) ** 2, rel=1e-5)
+    outs = [o._replace(probs=o.probs.detach().requires_grad_()) for o in gate_outputs(model)]
+    ratio = counter.conditional(outs, expected=True).mean().item() / counter.dense
+    assert step.macs_term(outs).item() == pytest.approx((ratio - 0.5) ** 2, rel=1e-5)
+    step.macs_goal.fill_(0.4)
+    loss = step.macs_term(outs)
+    assert loss.item() == pytest.approx((ratio - 0.4) ** 2, rel=1e-5)
     loss.backward()
-    expected = counter.conditional(
-        [o._replace(probs=p) for o, p in zip(outs, probs, strict=True)], expected=True
-    )
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in probs)
-    assert expected.mean().item() / counter.dense < full  # the expected count would have said less
+    assert all(o.probs.grad is not None and o.probs.grad.abs().sum() > 0 for o in outs)

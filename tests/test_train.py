@@ -193,3 +193,30 @@ def test_max_time_may_change_on_resume_and_a_bad_duration_is_refused(tmp_path):
     assert resume_config(tmp_path, ["max_time=null"]).max_time is None
     with pytest.raises(ConfigError, match="'max_time': '2 days' is not a duration; write e.g. 2h30m"):
         load_config(overrides=["max_time=2 days"])
+
+
+# ------------------------------------------------------------------------------------- MAC budget
+
+
+def budget_config(**kw):
+    cfg = tiny_config(epochs=4, **kw)
+    cfg.loss.l0_weight, cfg.loss.macs_target, cfg.loss.macs_weight = 0.0, 0.6, 20.0
+    cfg.loss.l0_start, cfg.loss.l0_end = 0.0, 0.5
+    return cfg
+
+
+def test_the_budget_is_calibrated_in_evaluation_mode_once_its_weight_is_full_and_resumes_exactly(tmp_path):
+    full = run(tmp_path / "full", budget_config())
+    log = [json.loads(s) for s in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert [("macs_goal" in r) for r in log] == [False, True, True, True]  # from l0_end = 50% on
+    for before, r in zip(log[1:-1], log[2:], strict=True):  # goal moves by half the calibration error
+        expected = r["macs_goal"] - (before["macs_goal"] + 0.5 * (0.6 - r["macs_calibration_ratio"]))
+        assert abs(expected) < 1e-9 or abs(r["macs_goal"] - 0.6) == pytest.approx(0.2)
+    ckpt = load_checkpoint(tmp_path / "full")
+    assert ckpt["macs_correction"] == pytest.approx(log[-1]["macs_goal"] - 0.6)
+    run(tmp_path / "cut", budget_config(max_time="0.001s"))
+    while load_checkpoint(tmp_path / "cut")["epoch"] < 3:
+        run(tmp_path / "cut", budget_config(max_time="0.001s"), resume=True)
+    resumed = run(tmp_path / "cut", budget_config(), resume=True)
+    assert resumed["macs_mean"] == full["macs_mean"] and resumed["top1"] == full["top1"]
+    assert load_checkpoint(tmp_path / "cut")["macs_correction"] == ckpt["macs_correction"]

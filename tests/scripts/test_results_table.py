@@ -70,5 +70,5 @@ def test_macs_target_table_says_how_far_each_run_ended_from_its_budget(tmp_path)
         (results / name / "config.yaml").write_text(yaml.safe_dump(cfg))
     text = results_table.macs_target_table(results_table.load_runs(results))
     row = text.splitlines()[-1]
-    assert "| 0.5 | as evaluation (p > 0.5) | 0.5100 | +2.0% | 40.00% |" in row
+    assert "| 0.5 | expected MACs, calibrated in evaluation mode | 0.5100 | +2.0% | 40.00% |" in row
     assert '`N=5000 TARGETS="0.5" WEIGHT=20 EPOCHS=30 THREADS=1 bash scripts/macs_target_cifar10.sh`' in row
