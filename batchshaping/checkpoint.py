@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from batchshaping.config import TrainConfig, config_from_dict
-from batchshaping.models import create_model, model_info
+from batchshaping.models import model_from_config
 
 FORMAT = "batchshaping-checkpoint-v1"
 
@@ -120,12 +120,6 @@ def model_from_checkpoint(
     model = model_from_config(cfg, ckpt.get("num_classes"))
     model.load_state_dict(ckpt["model"])
     return model.to(map_location).eval(), cfg
-
-
-def model_from_config(cfg: TrainConfig, num_classes: int | None = None) -> nn.Module:
-    """The registry model named by ``cfg.model`` (with ``cfg.gate`` for gated models)."""
-    kwargs: dict[str, Any] = {"gate": cfg.gate} if model_info(cfg.model).gated else {}
-    return create_model(cfg.model, num_classes=num_classes or cfg.num_classes, **kwargs)
 
 
 # ------------------------------------------------------------------------------------- training state

@@ -14,15 +14,10 @@ from typing import Any
 
 import torch
 
-from batchshaping.checkpoint import (
-    load_checkpoint,
-    load_pretrained,
-    model_from_checkpoint,
-    model_from_config,
-)
+from batchshaping.checkpoint import load_checkpoint, load_pretrained, model_from_checkpoint
 from batchshaping.config import ConfigError, TrainConfig, config_from_dict, parse_overrides, update_config
 from batchshaping.data import Data
-from batchshaping.models import model_info
+from batchshaping.models import model_from_config, model_info
 from batchshaping.runtime import init_distributed, resolve_device, resolve_precision
 from batchshaping.tasks import ClassificationTask, SegmentationTask
 

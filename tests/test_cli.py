@@ -89,8 +89,9 @@ def test_train_says_where_it_writes_and_eval_finds_the_runs_data(tmp_path, cifar
 
 
 def test_evals_data_not_found_error_suggests_an_option_eval_has(tmp_path, capsys):
-    from batchshaping.checkpoint import TrainingState, model_from_config
+    from batchshaping.checkpoint import TrainingState
     from batchshaping.config import load_config
+    from batchshaping.models import model_from_config
 
     cfg = load_config(None, [f"data.root={tmp_path / 'nowhere'}"])
     model = model_from_config(cfg, 10)

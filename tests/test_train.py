@@ -4,16 +4,10 @@ import pytest
 import torch
 
 import batchshaping.train as train_mod
-from batchshaping.checkpoint import (
-    CheckpointError,
-    atomic_save,
-    load_checkpoint,
-    load_model,
-    model_from_config,
-)
+from batchshaping.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model
 from batchshaping.cli import main
 from batchshaping.data import Data
-from batchshaping.models import GateConfig
+from batchshaping.models import GateConfig, model_from_config
 from batchshaping.models.cifar_resnet import CifarResNet
 from batchshaping.train import TrainingDiverged, fit
 from tests.conftest import killed_in_epoch, tiny_config, tiny_data

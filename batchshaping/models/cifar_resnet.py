@@ -7,11 +7,13 @@ convs where the shape changes (named ``downsample.0/1`` as in torchvision).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from batchshaping.models.blocks import BasicBlock, GateConfig, conv1x1, conv3x3, init_resnet_weights
-from batchshaping.models.registry import register
+from batchshaping.models.registry import register_model
 
 
 class PadShortcut(nn.Module):
@@ -75,18 +77,73 @@ class CifarResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def _builder(depth: int, gated: bool):
-    def build(num_classes: int = 10, gate: GateConfig | None = None, **kwargs) -> CifarResNet:
-        return CifarResNet(depth, num_classes, (gate or GateConfig()) if gated else None, **kwargs)
-
-    build.__name__ = f"{'gated_' if gated else ''}resnet{depth}"
-    build.__doc__ = f"{'Gated ' if gated else ''}CIFAR ResNet-{depth} (He et al. layout, widths 16/32/64)."
-    return build
+# Dense builders pass gate=None themselves: a ``gate`` argument to one is an error, not a gated model under a
+# dense name.
 
 
-for _depth in (20, 32, 56, 110):
-    for _gated in (False, True):
-        _name = f"{'gated_' if _gated else ''}resnet{_depth}"
-        register(_name, input_size=(3, 32, 32), num_classes=10, gated=_gated, family="cifar")(
-            _builder(_depth, _gated)
-        )
+@register_model(input_size=(3, 32, 32), gated=False, family="cifar")
+def resnet20(num_classes: int = 10, **kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-20 (He et al., 2016, section 4.2): a 3x3 stem conv, 3 stages of 3 BasicBlocks at widths
+    16/32/64 and a linear classifier. Default input 3x32x32 and 10 classes: 40.55 MMACs per image.
+    ``kwargs`` go to :class:`CifarResNet` (``shortcut="B"``: 1x1 projection shortcuts)."""
+    return CifarResNet(20, num_classes, gate=None, **kwargs)
+
+
+@register_model(input_size=(3, 32, 32), gated=False, family="cifar")
+def resnet32(num_classes: int = 10, **kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-32 (He et al., 2016, section 4.2): a 3x3 stem conv, 3 stages of 5 BasicBlocks at widths
+    16/32/64 and a linear classifier. Default input 3x32x32 and 10 classes: 68.86 MMACs per image.
+    ``kwargs`` go to :class:`CifarResNet` (``shortcut="B"``: 1x1 projection shortcuts)."""
+    return CifarResNet(32, num_classes, gate=None, **kwargs)
+
+
+@register_model(input_size=(3, 32, 32), gated=False, family="cifar")
+def resnet56(num_classes: int = 10, **kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-56 (He et al., 2016, section 4.2): a 3x3 stem conv, 3 stages of 9 BasicBlocks at widths
+    16/32/64 and a linear classifier. Default input 3x32x32 and 10 classes: 125.49 MMACs per image.
+    ``kwargs`` go to :class:`CifarResNet` (``shortcut="B"``: 1x1 projection shortcuts)."""
+    return CifarResNet(56, num_classes, gate=None, **kwargs)
+
+
+@register_model(input_size=(3, 32, 32), gated=False, family="cifar")
+def resnet110(num_classes: int = 10, **kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-110 (He et al., 2016, section 4.2): a 3x3 stem conv, 3 stages of 18 BasicBlocks at
+    widths 16/32/64 and a linear classifier. Default input 3x32x32 and 10 classes: 252.89 MMACs per image.
+    ``kwargs`` go to :class:`CifarResNet` (``shortcut="B"``: 1x1 projection shortcuts)."""
+    return CifarResNet(110, num_classes, gate=None, **kwargs)
+
+
+@register_model(input_size=(3, 32, 32), gated=True, family="cifar")
+def gated_resnet20(num_classes: int = 10, gate: GateConfig | None = None, **kwargs: Any) -> CifarResNet:
+    """Gated CIFAR ResNet-20: :func:`resnet20` with a gating module in each of its 9 BasicBlocks that
+    switches the output channels of conv1 per image (``gate``: the gates' options, default
+    ``GateConfig()``). Default input 3x32x32 and 10 classes: 40.55 MMACs with every gate open, plus 0.01
+    MMACs for the gating modules."""
+    return CifarResNet(20, num_classes, gate=gate or GateConfig(), **kwargs)
+
+
+@register_model(input_size=(3, 32, 32), gated=True, family="cifar")
+def gated_resnet32(num_classes: int = 10, gate: GateConfig | None = None, **kwargs: Any) -> CifarResNet:
+    """Gated CIFAR ResNet-32, the paper's main CIFAR-10 model: :func:`resnet32` with a gating module in each
+    of its 15 BasicBlocks that switches the output channels of conv1 per image (``gate``: the gates'
+    options, default ``GateConfig()``). Default input 3x32x32 and 10 classes: 68.86 MMACs with every gate
+    open, plus 0.02 MMACs for the gating modules."""
+    return CifarResNet(32, num_classes, gate=gate or GateConfig(), **kwargs)
+
+
+@register_model(input_size=(3, 32, 32), gated=True, family="cifar")
+def gated_resnet56(num_classes: int = 10, gate: GateConfig | None = None, **kwargs: Any) -> CifarResNet:
+    """Gated CIFAR ResNet-56: :func:`resnet56` with a gating module in each of its 27 BasicBlocks that
+    switches the output channels of conv1 per image (``gate``: the gates' options, default
+    ``GateConfig()``). Default input 3x32x32 and 10 classes: 125.49 MMACs with every gate open, plus 0.03
+    MMACs for the gating modules."""
+    return CifarResNet(56, num_classes, gate=gate or GateConfig(), **kwargs)
+
+
+@register_model(input_size=(3, 32, 32), gated=True, family="cifar")
+def gated_resnet110(num_classes: int = 10, gate: GateConfig | None = None, **kwargs: Any) -> CifarResNet:
+    """Gated CIFAR ResNet-110: :func:`resnet110` with a gating module in each of its 54 BasicBlocks that
+    switches the output channels of conv1 per image (``gate``: the gates' options, default
+    ``GateConfig()``). Default input 3x32x32 and 10 classes: 252.89 MMACs with every gate open, plus 0.06
+    MMACs for the gating modules."""
+    return CifarResNet(110, num_classes, gate=gate or GateConfig(), **kwargs)

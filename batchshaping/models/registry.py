@@ -1,12 +1,19 @@
-"""Model registry: ``@register`` builders, :func:`create_model`, :func:`list_models`."""
+"""Model registry: builders decorated with :func:`register_model`, :func:`create_model`, :func:`list_models`,
+and :func:`model_from_config` (the model a training config names)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch import nn
+
+if TYPE_CHECKING:  # config imports models.blocks, so importing it here at run time would be circular
+    from batchshaping.config import TrainConfig
+
+Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 
 @dataclass(frozen=True)
@@ -25,21 +32,23 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register(
-    name: str,
-    *,
-    input_size: tuple[int, int, int],
-    num_classes: int,
-    gated: bool,
-    family: str,
-    **defaults: Any,
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``builder`` under ``name`` with its default input size and classes."""
+def register_model(
+    *, input_size: tuple[int, int, int], gated: bool, family: str, **defaults: Any
+) -> Callable[[Builder], Builder]:
+    """Decorator: register a builder under its function name, with its default input size (C, H, W).
 
-    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    The default number of classes is the builder's own ``num_classes`` default, so the two cannot disagree.
+    ``defaults`` are keyword arguments that :func:`create_model` passes to the builder unless overridden.
+    """
+
+    def wrap(builder: Builder) -> Builder:
+        name = builder.__name__
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelInfo(name, builder, input_size, num_classes, gated, family, defaults)
+        num_classes = inspect.signature(builder).parameters.get("num_classes")
+        if num_classes is None or not isinstance(num_classes.default, int):
+            raise TypeError(f"builder {name!r} needs a parameter num_classes: int = <default>")
+        _REGISTRY[name] = ModelInfo(name, builder, input_size, num_classes.default, gated, family, defaults)
         return builder
 
     return wrap
@@ -60,6 +69,13 @@ def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn
     info = model_info(name)
     args = {**info.defaults, **kwargs}
     return info.builder(num_classes=info.num_classes if num_classes is None else num_classes, **args)
+
+
+def model_from_config(cfg: TrainConfig, num_classes: int | None = None) -> nn.Module:
+    """The registry model named by ``cfg.model`` (with ``cfg.gate`` for gated models), with ``num_classes``
+    classes, else ``cfg.num_classes``, else the model's default."""
+    kwargs: dict[str, Any] = {"gate": cfg.gate} if model_info(cfg.model).gated else {}
+    return create_model(cfg.model, num_classes=num_classes or cfg.num_classes, **kwargs)
 
 
 def list_models(pattern: str = "") -> list[str]:

@@ -8,10 +8,12 @@ backbones used for segmentation (output stride 8 with ``(False, True, True)``).
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from batchshaping.models.blocks import BasicBlock, Bottleneck, GateConfig, conv1x1, init_resnet_weights
-from batchshaping.models.registry import register
+from batchshaping.models.registry import register_model
 
 
 class ResNet(nn.Module):
@@ -78,23 +80,62 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(self.forward_features(x)).flatten(1))
 
 
-_ARCHS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3])}
+# Dense builders pass gate=None themselves: a ``gate`` argument to one is an error, not a gated model under a
+# dense name.
 
 
-def _builder(depth: int, gated: bool):
-    block, layers = _ARCHS[depth]
-
-    def build(num_classes: int = 1000, gate: GateConfig | None = None, **kwargs) -> ResNet:
-        return ResNet(block, layers, num_classes, (gate or GateConfig()) if gated else None, **kwargs)
-
-    build.__name__ = f"{'gated_' if gated else ''}resnet{depth}"
-    build.__doc__ = f"{'Gated ' if gated else ''}ImageNet ResNet-{depth} (torchvision parameter names)."
-    return build
+@register_model(input_size=(3, 224, 224), gated=False, family="imagenet")
+def resnet18(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """ImageNet ResNet-18 (He et al., 2016) in torchvision's layout and names: a 7x7 stem conv and max pool,
+    4 stages of 2/2/2/2 BasicBlocks at widths 64/128/256/512 and a linear classifier. Default input
+    3x224x224 and 1000 classes: 1.81 GMACs per image. ``kwargs`` go to :class:`ResNet` (e.g.
+    ``replace_stride_with_dilation``)."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, gate=None, **kwargs)
 
 
-for _depth in _ARCHS:
-    for _gated in (False, True):
-        _name = f"{'gated_' if _gated else ''}resnet{_depth}"
-        register(_name, input_size=(3, 224, 224), num_classes=1000, gated=_gated, family="imagenet")(
-            _builder(_depth, _gated)
-        )
+@register_model(input_size=(3, 224, 224), gated=False, family="imagenet")
+def resnet34(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """ImageNet ResNet-34 (He et al., 2016) in torchvision's layout and names: a 7x7 stem conv and max pool,
+    4 stages of 3/4/6/3 BasicBlocks at widths 64/128/256/512 and a linear classifier. Default input
+    3x224x224 and 1000 classes: 3.66 GMACs per image. ``kwargs`` go to :class:`ResNet` (e.g.
+    ``replace_stride_with_dilation``)."""
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, gate=None, **kwargs)
+
+
+@register_model(input_size=(3, 224, 224), gated=False, family="imagenet")
+def resnet50(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """ImageNet ResNet-50 (He et al., 2016) in torchvision's layout and names: a 7x7 stem conv and max pool,
+    4 stages of 3/4/6/3 Bottlenecks (v1.5: stride on the 3x3) at widths 64/128/256/512, expanded 4x, and a
+    linear classifier. Default input 3x224x224 and 1000 classes: 4.09 GMACs per image. ``kwargs`` go to
+    :class:`ResNet` (e.g. ``replace_stride_with_dilation``)."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, gate=None, **kwargs)
+
+
+@register_model(input_size=(3, 224, 224), gated=True, family="imagenet")
+def gated_resnet18(num_classes: int = 1000, gate: GateConfig | None = None, **kwargs: Any) -> ResNet:
+    """Gated ImageNet ResNet-18: :func:`resnet18` with a gating module in each of its 8 BasicBlocks that
+    switches the output channels of conv1 per image (``gate``: the gates' options, default
+    ``GateConfig()``); a torchvision resnet18 state_dict loads (strict=False) with only the gates missing.
+    Default input 3x224x224 and 1000 classes: 1.81 GMACs with every gate open, plus 0.05 MMACs for the
+    gating modules."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, gate=gate or GateConfig(), **kwargs)
+
+
+@register_model(input_size=(3, 224, 224), gated=True, family="imagenet")
+def gated_resnet34(num_classes: int = 1000, gate: GateConfig | None = None, **kwargs: Any) -> ResNet:
+    """Gated ImageNet ResNet-34: :func:`resnet34` with a gating module in each of its 16 BasicBlocks that
+    switches the output channels of conv1 per image (``gate``: the gates' options, default
+    ``GateConfig()``); a torchvision resnet34 state_dict loads (strict=False) with only the gates missing.
+    Default input 3x224x224 and 1000 classes: 3.66 GMACs with every gate open, plus 0.11 MMACs for the
+    gating modules."""
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, gate=gate or GateConfig(), **kwargs)
+
+
+@register_model(input_size=(3, 224, 224), gated=True, family="imagenet")
+def gated_resnet50(num_classes: int = 1000, gate: GateConfig | None = None, **kwargs: Any) -> ResNet:
+    """Gated ImageNet ResNet-50: :func:`resnet50` with one gating module in each of its 16 Bottlenecks that
+    switches the output channels of conv1 and of conv2 per image (2 x width gates; see
+    :mod:`~batchshaping.models.blocks`); a torchvision resnet50 state_dict loads (strict=False) with only
+    the gates missing. Default input 3x224x224 and 1000 classes: 4.09 GMACs with every gate open, plus 0.33
+    MMACs for the gating modules."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, gate=gate or GateConfig(), **kwargs)

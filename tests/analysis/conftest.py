@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from batchshaping.checkpoint import atomic_save, load_checkpoint, model_from_config
+from batchshaping.checkpoint import atomic_save, load_checkpoint
 from batchshaping.data import Data
+from batchshaping.models import model_from_config
 from batchshaping.train import fit
 from tests.conftest import tiny_config, tiny_data
 

@@ -11,12 +11,13 @@ import torch
 import batchshaping as bs
 from batchshaping.analysis.figures import TILE_MAX_SIDE, image_source
 from batchshaping.analysis.numbers import MAX_CLASSES_SHOWN, classes_shown
-from batchshaping.checkpoint import TrainingState, model_from_config
+from batchshaping.checkpoint import TrainingState
 from batchshaping.cli import main
 from batchshaping.config import load_config
 from batchshaping.experiment import evaluate_checkpoint
 from batchshaping.gates import gate_modules
 from batchshaping.macs import MacCounter
+from batchshaping.models import model_from_config
 from tests.data.test_cityscapes import write_cityscapes
 from tests.data.test_imagenet import CLASSES, write_imagenet
 
