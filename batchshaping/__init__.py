@@ -8,15 +8,20 @@ from batchshaping.gates import (
     gate_outputs,
 )
 from batchshaping.inference import compile_conditional
-from batchshaping.losses import BatchShapingLoss, BetaPrior, l0_loss
+from batchshaping.losses import BatchShapingLoss, l0_loss
 from batchshaping.macs import MacCounter, conditional_macs, dense_macs
 from batchshaping.models import GateConfig, create_model, list_models, model_info
+from batchshaping.priors import BetaPrior, NormalPrior, Prior, RelaxedBernoulliPrior, SymBetaPrior
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchShapingLoss",
     "BetaPrior",
+    "NormalPrior",
+    "Prior",
+    "RelaxedBernoulliPrior",
+    "SymBetaPrior",
     "l0_loss",
     "ChannelGate",
     "GateConfig",

@@ -1,28 +1,30 @@
-"""Batch-shaping loss with Beta priors, and the L0 gate-sparsity loss (Bejnordi et al., ICLR 2020).
+"""Batch-shaping loss for any features and priors, and the L0 gate-sparsity loss (Bejnordi et al., ICLR 2020).
 
-Batch-shaping matches, for every gate (column) ``j`` of a batch of gate-on probabilities ``x`` (N, G), the
-empirical distribution of the column to a prior CDF ``F`` (Beta(0.6, 0.4) in the paper)::
+Batch-shaping matches, for every column ``j`` of a batch of features ``x`` (N samples, C columns), the
+empirical distribution of the column to a prior CDF ``F`` (Beta(0.6, 0.4) on gate probabilities in the
+paper; any prior of :mod:`batchshaping.priors`, or any object with ``cdf``/``pdf``)::
 
     loss_j = 1/N * sum_i (F(x_(i),j) - i / (N + 1))^2          x_(i),j: the i-th smallest value of column j
 
 and its gradient is analytic: ``d loss_j / d x_ij = 2/N * (F(x_ij) - r_ij / (N + 1)) * f(x_ij)``, with
 ``r_ij`` the 1-based rank of ``x_ij`` in its column and ``f`` the prior density. Ranks are piecewise constant,
-so they get no gradient.
+so they get no gradient. Prior parameters given as tensors get ``d loss_j / d theta = 2/N sum_i (F(x_(i),j) -
+i / (N + 1)) dF/dtheta(x_(i),j)`` (the generalized batch-shaping of MSViT, Havtorn et al. 2023).
 
 Everything is torch ops on the input's device, with no host synchronisation on accelerators: ranks come
-from ``torch.sort`` along the batch dimension, and :class:`BetaPrior` interpolates its CDF in a table it
-builds once (float32 inputs) or evaluates it exactly by continued fraction (float64 inputs). The one
-exception is eager float32 on CPU, where ``torch.sort`` costs twice the rest of the loss
-(benchmarks/README.md, "BatchShapingLoss"): there numpy sorts exact int64 keys (value bits, row index) and
-gives the same ranks.
+from ``torch.sort`` along the batch dimension, each value's target ``r / (N + 1)`` is scattered to where
+it stands, and the prior is evaluated (and the gradient written) in column order. :class:`BetaPrior`
+interpolates its CDF in a table it builds once (float32 inputs, float parameters) or evaluates it exactly
+by continued fraction (float64 inputs, tensor parameters). The one exception is eager float32 on CPU, where
+``torch.sort`` costs twice the rest of the loss (benchmarks/README.md, "BatchShapingLoss"): there numpy
+sorts exact int64 keys (value bits, row index) and gives the same ranks; and scalar tensor parameters are
+read on the host there (free on CPU) for the float code paths.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,196 +32,59 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from batchshaping.gates import GateOutput
+from batchshaping.priors import (
+    BetaPrior,
+    BlockEvaluator,
+    NormalPrior,
+    ParametricPrior,
+    Prior,
+    RelaxedBernoulliPrior,
+    SymBetaPrior,
+    _betainc,
+    _cdf_table,
+    _cf_terms,
+    _log_beta,
+)
 
-__all__ = ["BatchShapingLoss", "BetaPrior", "Prior", "l0_loss", "mac_target_loss"]
+__all__ = [
+    "BatchShapingLoss",
+    "BetaPrior",
+    "NormalPrior",
+    "Prior",
+    "RelaxedBernoulliPrior",
+    "SymBetaPrior",
+    "l0_loss",
+    "mac_target_loss",
+]
+# Kept importable from here (moved to batchshaping.priors).
+_MOVED = (_betainc, _cdf_table, _cf_terms, _log_beta)
 
 #: Default clip of the prior density in the batch-shaping gradient (the authors' reference code clips the
 #: density to [1e-3, 100]), see :class:`BatchShapingLoss`.
 DEFAULT_PDF_CLIP = 100.0
 
-
-@runtime_checkable
-class Prior(Protocol):
-    """A prior distribution on [0, 1] for :class:`BatchShapingLoss`.
-
-    Any object with these two elementwise torch functions works; both take and return tensors of the same
-    shape on the input's device. Autograd is not used through them (the loss's gradient is analytic).
-    """
-
-    def cdf(self, x: Tensor) -> Tensor:
-        """Cumulative distribution function F(x), elementwise."""
-        ...
-
-    def pdf(self, x: Tensor) -> Tensor:
-        """Density f(x) = F'(x), elementwise (may be inf at 0 or 1; the loss clips it)."""
-        ...
-
+#: ``dim`` of the classic use, the default: x is (N, G) gate probabilities, one column per gate.
+GATES = "gates"
 
 # --------------------------------------------------------------------------------------------------------
-# Regularised incomplete beta function, float64
+# Batch-shaping loss: input shapes and values
 
 
-def _log_beta(a: float, b: float) -> float:
-    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-
-
-def _betainc(a: float, b: float, x: Tensor, terms: int) -> Tensor:
-    """I_x(a, b) by continued fraction (modified Lentz) with a fixed number of terms: no data-dependent
-    stopping, hence no host sync. x: float64 in [0, 1], any shape, any device."""
-    # I_x(a, b) = 1 - I_{1-x}(b, a) keeps x below (a + 1) / (a + b + 2), where the fraction converges fast.
-    swap = (x > (a + 1) / (a + b + 2)).to(x.dtype)
-    xs = x + swap * (1 - 2 * x)  # 1 - x where swapped (exact for x >= 1/2)
-    aa, bb = a + (b - a) * swap, b + (a - b) * swap
-    tiny = 1e-300
-    c = torch.ones_like(x)
-    d = 1 / (1 - (aa + bb) * xs / (aa + 1)).clamp_min(tiny)  # positive for xs below the switch point
-    h = d
-    for m in range(1, terms + 1):
-        even = m * (bb - m) * xs / ((aa - 1 + 2 * m) * (aa + 2 * m))
-        odd = -(aa + m) * (aa + bb + m) * xs / ((aa + 2 * m) * (aa + 1 + 2 * m))
-        for num in (even, odd):
-            d = 1 + num * d
-            d = 1 / torch.where(d.abs() < tiny, tiny, d)
-            c = 1 + num / c
-            c = torch.where(c.abs() < tiny, tiny, c)
-            h = h * d * c
-    front = torch.exp(torch.xlogy(aa, xs) + torch.special.xlog1py(bb, -xs) - _log_beta(a, b)) / aa
-    r = front * h
-    return r + swap * (1 - 2 * r)
-
-
-@torch.compiler.disable  # host-side set-up, never traced
-@functools.lru_cache(maxsize=64)
-def _cf_terms(a: float, b: float) -> int:
-    """Terms the continued fraction needs for Beta(a, b), measured once on the host over [0, 1] (both sides
-    of the switch point, where it converges slowest): the first term changing the result by < 1e-15, + 2."""
-    x = torch.linspace(0, 1, 1025, dtype=torch.float64)
-    prev = _betainc(a, b, x, 0)
-    for terms in range(1, 1000):
-        cur = _betainc(a, b, x, terms)
-        if float((cur - prev).abs().max()) < 1e-15:
-            return terms + 2
-        prev = cur
-    raise ValueError(f"the Beta({a}, {b}) CDF's continued fraction does not converge")
-
-
-#: CDF table in t = logit(x): t of a float32 x in (0, 1) lies in [-103.3, 16.7] (x = 2^-149, 1 - 2^-24).
-_T_LO, _T_HI = -104.0, 17.0
-#: Bound on the linear interpolation error of the table, h^2 max|F''(t)| / 8.
-_TABLE_TOL = 2e-8
-
-
-@torch.compiler.disable
-@functools.lru_cache(maxsize=16)
-def _cdf_table(a: float, b: float) -> tuple[float, int, Tensor, Tensor]:
-    """(1/h, k0, F, D): F[k] = CDF at t = (k - k0) h, D[k] = F[k+1] - F[k], float32 (CPU).
-
-    In t the CDF is smooth everywhere (its x^a, (1-x)^b singularities become e^{a t}, e^{-b t} tails), so a
-    uniform grid suits any Beta. The step h is a power of two (t / h exact), the largest in [2^-12, 2^-4]
-    with h^2 max|F''| / 8 <= _TABLE_TOL: 2^-10 for Beta(0.6, 0.4), 2^-12 (the finest) for Beta(10, 10).
-    The end nodes hold F(0) = 0 and F(1) = 1 exactly: t = -inf and +inf clamp to them, finite t do not
-    reach them.
-    """
-    probe = torch.arange(_T_LO, _T_HI, 1 / 64, dtype=torch.float64)
-    xp = torch.sigmoid(probe)
-    g = torch.exp(a * torch.log(xp) + b * torch.log(torch.sigmoid(-probe)) - _log_beta(a, b))  # dF/dt
-    f2 = float((g * (a * (1 - xp) - b * xp)).abs().max())  # max |F''(t)|
-    log2_h = math.floor(0.5 * math.log2(8 * _TABLE_TOL / f2)) if f2 > 0 else -4
-    inv_h = 2.0 ** -min(-4, max(-12, log2_h))
-    k0, k1 = math.ceil(-_T_LO * inv_h), math.ceil(_T_HI * inv_h)
-    t = torch.arange(-k0, k1 + 1, dtype=torch.float64) / inv_h
-    cdf = _betainc(a, b, torch.sigmoid(t), _cf_terms(a, b))
-    cdf[0], cdf[-1] = 0.0, 1.0
-    diff = torch.cat([cdf[1:] - cdf[:-1], cdf.new_zeros(1)])
-    return inv_h, k0, cdf.float(), diff.float()
-
-
-class BetaPrior:
-    """Beta(alpha, beta) prior on [0, 1], with CDF and density in torch on the input's device.
-
-    float64 inputs get the exact CDF (continued fraction, ~1e-15). Other inputs are computed in float32:
-    the CDF is interpolated linearly in a table over t = logit(x) = log(x) - log(1 - x), built once per
-    (alpha, beta) on the host and copied once to each device it is used on (1 MB for Beta(0.6, 0.4), up to
-    4 MB for peaked priors). For alpha, beta in [0.1, 10] the float32 CDF is within 1.1e-7 of the exact one
-    (the table's own error is <= 2e-8; the rest is float32 rounding of t and of the result).
-
-    ``pdf`` is the closed form ``exp((alpha-1) log x + (beta-1) log(1-x) - log B(alpha, beta))`` (inf at 0
-    if alpha < 1 and at 1 if beta < 1); in float32 it is within 1e-5 relative for alpha, beta in [0.1, 10].
-    """
-
-    def __init__(self, alpha: float = 0.6, beta: float = 0.4) -> None:
-        alpha, beta = float(alpha), float(beta)
-        if not (math.isfinite(alpha) and math.isfinite(beta) and alpha > 0 and beta > 0):
-            raise ValueError(f"Beta prior needs finite alpha, beta > 0, got alpha={alpha}, beta={beta}")
-        self.alpha, self.beta = alpha, beta
-        self.log_beta = _log_beta(alpha, beta)
-        self._tables: dict[torch.device, tuple[float, int, Tensor, Tensor]] = {}
-
-    def __repr__(self) -> str:
-        return f"BetaPrior(alpha={self.alpha:g}, beta={self.beta:g})"
-
-    @property
-    def mean(self) -> float:
-        """Mean alpha / (alpha + beta) of the prior (the on-rate batch-shaping drives each gate to)."""
-        return self.alpha / (self.alpha + self.beta)
-
-    def cdf(self, x: Tensor) -> Tensor:
-        """CDF, elementwise. x: any shape; float64 -> exact float64, other dtypes -> float32 from the table.
-
-        Values outside [0, 1] are clamped (0 below, 1 above); NaN stays NaN.
-        """
-        if x.dtype == torch.float64:
-            return _betainc(self.alpha, self.beta, x.clamp(0, 1), _cf_terms(self.alpha, self.beta))
-        xf = x.float().clamp(0, 1)
-        return torch.where(xf.isnan(), xf, self._cdf_pdf_f32(xf)[0])
-
-    def pdf(self, x: Tensor) -> Tensor:
-        """Density, elementwise, closed form; float64 stays float64, others give float32. 0 outside [0, 1]."""
-        xf = x if x.dtype == torch.float64 else x.float()
-        inside = (xf >= 0) & (xf <= 1)
-        xc = xf.clamp(0, 1)
-        # xlogy / xlog1py give 0 * log 0 = 0, so alpha = 1 or beta = 1 are exact at the boundary.
-        logf = torch.xlogy(self.alpha - 1, xc) + torch.special.xlog1py(self.beta - 1, -xc) - self.log_beta
-        return torch.where(inside | xf.isnan(), torch.exp(logf), 0.0)
-
-    def _cdf_pdf_f32(self, x: Tensor, pdf_clip: float | None = None) -> tuple[Tensor, Tensor | None]:
-        """Table CDF and (if pdf_clip is given) the density clipped to [0, pdf_clip], both float32.
-
-        x: float32 in [0, 1], any shape. Values outside [0, 1] or NaN give garbage (never an invalid index).
-        """
-        table = self._tables.get(x.device)
-        if table is None:  # one copy per device; on CUDA, made by a first call before any graph capture
-            inv_h, k0, cdf, diff = _cdf_table(self.alpha, self.beta)
-            table = self._tables[x.device] = (inv_h, k0, cdf.to(x.device), diff.to(x.device))
-        inv_h, k0, cdf_tab, diff_tab = table
-        lx, l1 = torch.log(x), torch.log1p(-x)  # log1p: t keeps float32 precision near x = 1
-        # u = t / h; ±inf (x = 0, 1) clamp to the end nodes, NaN (bad input) to node 0.
-        u = torch.nan_to_num_((lx - l1).mul_(inv_h), nan=-k0).clamp_(-k0, cdf_tab.numel() - 1 - k0)
-        cell = torch.floor(u)
-        frac = u.sub_(cell)
-        idx = cell.add_(k0).to(torch.int32).view(-1)
-        cdf = torch.index_select(cdf_tab, 0, idx).view_as(x)
-        cdf.addcmul_(frac, torch.index_select(diff_tab, 0, idx).view_as(x))
-        if pdf_clip is None:
-            return cdf, None
-        logf = torch.full_like(x, -self.log_beta)
-        for coef, log_term in ((self.alpha - 1, lx), (self.beta - 1, l1)):
-            if coef != 0:  # skipped when 0: 0 * log 0 would give NaN at the boundary
-                logf.add_(log_term, alpha=coef)
-        return cdf, logf.exp_().clamp_(max=pdf_clip)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Batch-shaping loss
+def _support(prior: Prior) -> tuple[float, float]:
+    """Where the prior's values lie: its ``support`` attribute, else [0, 1] (gate probabilities)."""
+    lo, hi = getattr(prior, "support", (0.0, 1.0))
+    return float(lo), float(hi)
 
 
 def _check_shape(x: Tensor) -> None:
+    """The classic input (dim="gates"): a 2-D (N, G) floating tensor of gate probabilities."""
     if not isinstance(x, Tensor):
         raise ValueError(f"BatchShapingLoss expects a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
         raise ValueError(
             f"BatchShapingLoss expects a 2-D (N, G) tensor of gate probabilities (batch x gates), "
-            f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
+            f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}; for other features give dim=0 (each "
+            f"column over the batch, the other dims flattened into columns) or dim=None (all values pooled)"
         )
     n, g = x.shape
     if n < 2:
@@ -233,18 +98,56 @@ def _check_shape(x: Tensor) -> None:
         raise ValueError(f"BatchShapingLoss expects floating point probabilities, got dtype {x.dtype}")
 
 
-def _raise_bad_values(x: Tensor) -> None:
-    """Raise the ValueError describing why x is not a tensor of probabilities (CPU, errors only)."""
+def _as_columns(x: Tensor, dim: int | tuple[int, ...] | None | str) -> Tensor:
+    """x as a 2-D (S, C) tensor: S samples of C columns, a view where the layout allows (autograd maps the
+    gradient back). dim: "gates" (x must be (N, G)), the sample dim(s), or None (one column of all values)."""
+    if dim == GATES:
+        _check_shape(x)
+        return x
+    if not isinstance(x, Tensor):
+        raise ValueError(f"BatchShapingLoss expects a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"BatchShapingLoss expects floating point features, got dtype {x.dtype}")
+    if dim is None:
+        cols = x.reshape(-1, 1)
+    else:
+        dims = [dim] if isinstance(dim, int) else list(dim)
+        if not dims or not all(isinstance(d, int) and -x.dim() <= d < x.dim() for d in dims):
+            raise ValueError(
+                f"BatchShapingLoss: dim={dim} does not name dims of the {x.dim()}-D input of shape "
+                f"{tuple(x.shape)}; give the sample dim(s) (e.g. dim=0) or dim=None"
+            )
+        dims = sorted({d % x.dim() for d in dims})
+        s = math.prod([x.shape[d] for d in dims])
+        cols = x.movedim(dims, tuple(range(len(dims)))).reshape(s, -1) if x.numel() else x.reshape(s, 0)
+    n, c = cols.shape
+    if n < 2:
+        raise ValueError(
+            f"BatchShapingLoss needs at least 2 samples per column to compare their distribution with the "
+            f"prior, got {n} (input shape {tuple(x.shape)}, dim={dim})"
+        )
+    if c < 1:
+        raise ValueError(f"BatchShapingLoss got no columns: input shape {tuple(x.shape)}, dim={dim}")
+    return cols
+
+
+def _raise_bad_values(x: Tensor, prior: Prior) -> None:
+    """Raise the ValueError describing why x has values outside the prior's support (CPU, errors only)."""
+    lo, hi = _support(prior)
+    bounded = math.isfinite(lo) or math.isfinite(hi)
+    where = f"[{lo:g}, {hi:g}]"
     n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
     if n_nan or n_inf:
+        expected = f"values in {where}" if bounded else f"finite values (the support of {prior!r})"
         raise ValueError(
             f"BatchShapingLoss input contains {n_nan} NaN and {n_inf} inf value(s) (shape {tuple(x.shape)}); "
-            f"expected gate probabilities in [0, 1]"
+            f"expected {expected}"
         )
-    lo, hi = torch.aminmax(x)
+    vmin, vmax = torch.aminmax(x)
     raise ValueError(
-        f"BatchShapingLoss expects gate probabilities in [0, 1], got values outside: "
-        f"min={float(lo):.6g}, max={float(hi):.6g}"
+        f"BatchShapingLoss expects values in {where} (gate probabilities, the support of {prior!r}), got "
+        f"values outside: min={float(vmin):.6g}, max={float(vmax):.6g}; map features into it first (e.g. "
+        f"torch.sigmoid) or use a prior on the real line (NormalPrior)"
     )
 
 
@@ -252,126 +155,275 @@ def _eager_cpu(x: Tensor) -> bool:
     return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def _sort_rows(v: Tensor) -> tuple[Tensor, Tensor]:
+def _sort_rows(v: Tensor, signed: bool = False, values: bool = True) -> tuple[Tensor | None, Tensor]:
     """torch.sort(v, dim=1, stable=True) of a contiguous 2-D v; eager float32 on CPU by numpy instead.
 
-    numpy sorts int64 keys (float32 bits << b | position along dim 1, in b bits) with SIMD, ~7x faster than
+    numpy sorts int64 keys (float32 bits << 32 | position along dim 1) with SIMD, ~7x faster than
     torch.sort on CPU. The keys are unique and, for values >= 0 (+ 0.0 turns -0.0 into 0.0), ordered as
-    (value, index): the same values and indices as the stable sort. Values < 0 or NaN (rejected by the
-    loss's check) sort to the front, negatives in reverse order.
+    (value, index): the same values and indices as the stable sort; the sorted values are the keys' high
+    words, returned as a strided view (no copy). Unless ``signed``, values < 0 or NaN (rejected by the
+    loss's check for priors on [0, 1]) sort to the front, negatives in reverse order; ``signed`` maps the
+    bits of negative values to order-preserving keys first (b ^ 0x7FFFFFFF, undone on the way out), so any
+    values sort like torch.sort, NaN at the ends (-NaN first, NaN last). ``values=False``: (None, indices).
     """
     if v.dtype != torch.float32 or not _eager_cpu(v):
         return torch.sort(v, dim=1, stable=True)
-    b = max(1, (v.shape[1] - 1).bit_length())
-    keys = (v + 0.0).numpy().view(np.int32).astype(np.int64) << b
-    keys |= np.arange(v.shape[1])
+    bits = (v + 0.0).numpy().view(np.int32)
+    if signed:
+        bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    keys = np.empty(v.shape, np.int64)
+    words = keys.view(np.int32).reshape(*v.shape, 2)  # little-endian: (low, high) word of each key
+    words[..., 0] = np.arange(v.shape[1], dtype=np.int32)
+    words[..., 1] = bits
     keys.sort(axis=1)
-    idx = torch.from_numpy(keys & ((1 << b) - 1))
-    return torch.from_numpy((keys >> b).astype(np.int32).view(np.float32)), idx
+    idx = torch.from_numpy(keys & 0xFFFFFFFF)
+    high = keys.view(np.int32)[:, 1::2]  # little-endian: the value bits
+    if not values:
+        return None, idx
+    if signed:
+        return torch.from_numpy((high ^ ((high >> 31) & 0x7FFFFFFF)).view(np.float32)), idx
+    return torch.from_numpy(high).view(torch.float32), idx
 
 
-def _cdf_pdf(prior: Prior, v: Tensor, pdf_clip: float | None) -> tuple[Tensor, Tensor | None]:
-    """The prior's CDF and (if pdf_clip is given) its density clipped to [0, pdf_clip] at v, fresh tensors."""
-    if isinstance(prior, BetaPrior) and v.dtype == torch.float32:
-        return prior._cdf_pdf_f32(v, pdf_clip)
-    # float64, or a custom prior (its outputs may alias v or be expanded views: clamp copies the density).
-    cdf = prior.cdf(v).to(v.dtype)
-    pdf = None if pdf_clip is None else prior.pdf(v).to(v.dtype).clamp(0, pdf_clip)  # inf -> the clip
-    if cdf.shape != v.shape or (pdf is not None and pdf.shape != v.shape):
-        raise ValueError(f"prior {prior!r} returned a cdf/pdf of the wrong shape for input {tuple(v.shape)}")
-    return cdf, pdf
+# --------------------------------------------------------------------------------------------------------
+# Batch-shaping loss: the computation
+
+
+def _param_values(prior: Prior, tensors: Sequence[Tensor]) -> tuple[float | Tensor, ...]:
+    """The prior's parameter values in order, its tensors replaced by ``tensors`` (the Function's inputs)."""
+    if not isinstance(prior, ParametricPrior):
+        return ()
+    it = iter(tensors)
+    return tuple(next(it) if isinstance(v, Tensor) else v for v in prior._values)
+
+
+def _custom_evaluator(prior: Prior) -> BlockEvaluator:
+    """A custom prior's cdf / pdf on a block: no parameters, the density clipped and scaled here."""
+
+    def evaluate(
+        v: Tensor, j0: int, j1: int, need_pdf: bool, want: Sequence[bool], scale: float, clip: float
+    ) -> tuple[Tensor, Tensor | None, list[Tensor | None]]:
+        # Its outputs may alias v, its own state or be expanded views: the loss's in-place ops need copies.
+        cdf = prior.cdf(v).to(v.dtype, copy=True)
+        pdf = prior.pdf(v).to(v.dtype).clamp(0, clip).mul_(scale) if need_pdf else None  # inf -> the clip
+        if cdf.shape != v.shape or (pdf is not None and pdf.shape != v.shape):
+            raise ValueError(f"prior {prior!r} gave a cdf/pdf of the wrong shape for {tuple(v.shape)} input")
+        return cdf, pdf, []
+
+    return evaluate
 
 
 def _batch_shaping(
-    x: Tensor, prior: Prior, reduction: str, pdf_clip: float, need_grad: bool, check: str | None
-) -> tuple[Tensor, Tensor | None]:
-    """Batch-shaping loss of x: (N, G) float, detached.
+    x: Tensor,
+    prior: Prior,
+    reduction: str,
+    pdf_clip: float,
+    need_grad: bool,
+    check: str | None,
+    values: Sequence[float | Tensor] = (),
+    want: Sequence[bool] = (),
+) -> tuple[Tensor, Tensor | None, list[Tensor | None]]:
+    """Batch-shaping loss of x: (N, C) float, detached, N samples of C columns.
 
-    Returns (loss, grad_t): the scalar loss and, if need_grad, d loss / d x transposed, (G, N). check: None,
-    "raise" (ValueError for bad values: a host sync) or "nan" (bad values make the loss and gradient NaN).
+    Returns (loss, grad_t, param_grads): the scalar loss; if need_grad, d loss / d x transposed, (C, N);
+    for each parameter value with want[k], d loss / d value (float64, (C,) per column or () for a scalar),
+    else None. values: the prior's parameter values (floats or tensors: a scalar or one per column). check:
+    None, "raise" (ValueError for bad values: a host sync) or "nan" (bad values make everything NaN).
     """
     n, g = x.shape
     scale = 1.0 / n if reduction == "sum" else 1.0 / (n * g)  # per column (1/N) sum_i d^2, added or averaged
     q = (torch.arange(1, n + 1, device=x.device, dtype=torch.float64) / (n + 1)).to(x.dtype)
-    xt = x.t().contiguous()  # columns as contiguous rows: torch.sort along the last dim is the fast case
-    grad_t = torch.empty_like(xt) if need_grad else None
-    loss, ok = x.new_zeros(()), None
+    lo, hi = _support(prior)
+    # Tensor parameters: detached, in the compute dtype, flat: one value (0-d) or one per column (C,).
+    flat = [
+        v.detach().to(x.dtype).reshape(-1 if v.numel() > 1 else ()) if isinstance(v, Tensor) else v
+        for v in values
+    ]
+    per_column = [isinstance(v, Tensor) and v.dim() == 1 for v in flat]
+    if isinstance(prior, ParametricPrior):
+        evaluate = prior._block_evaluator(flat, x.dtype)
+    else:
+        evaluate = _custom_evaluator(prior)
+    want = list(want) or [False] * len(values)
     # Eager on CPU, blocks of ~32K values keep the temporaries in cache and reused by the allocator (multi-MB
     # ones are page-faulted in anew on every call); other devices and torch.compile take all columns at once.
     block = max(1, 32768 // n) if _eager_cpu(x) else g
+    rows_b = min(block, g)
+    # Sums over all values (the loss, the derivatives of scalar parameters) are added up elementwise over the
+    # blocks into (B, N) float32 tensors, one in-place op a block, and summed in float64 at the end: each
+    # element adds <= G / B terms (16 at (256, 2048)), their rounding errors independent across elements.
+    squares = x.new_zeros(rows_b, n)
+    # d loss / d param: per column, (C,) float64 filled block by block; scalar, elementwise as above.
+    pgrads: list[Tensor | None] = [
+        None if not w else x.new_zeros(g, dtype=torch.float64) if col else x.new_zeros(rows_b, n)
+        for w, col in zip(want, per_column, strict=True)
+    ]
+    ok = None
+    if check is not None and isinstance(prior, ParametricPrior) and values:
+        if check == "raise":
+            prior._check_values(values)
+        else:
+            ok = prior._values_ok(values)
+    if check is not None:  # NaN fails every comparison
+        vlo, vhi = torch.aminmax(x)
+        ok_v = (vlo >= lo) & (vhi <= hi) & (vlo > -math.inf) & (vhi < math.inf)
+        if check == "raise" and not bool(ok_v):
+            _raise_bad_values(x, prior)
+        ok = ok_v if ok is None else ok & ok_v
+    xt = x.t().contiguous()  # columns as contiguous rows: torch.sort along the last dim is the fast case
+    grad_t = torch.empty_like(xt) if need_grad else None
+    targets = x.new_empty(rows_b, n)
     for j in range(0, g, block):
-        v, perm = _sort_rows(xt[j : j + block])  # stable: ties ranked by row
-        if check is not None:  # bad values sort to the ends of their row
-            ok_j = (v[:, 0].amin() >= 0) & (v[:, -1].amax() <= 1)  # False for NaN
-            if check == "raise" and not bool(ok_j):
-                _raise_bad_values(x)
-            ok = ok_j if ok is None else ok & ok_j
-        cdf, pdf = _cdf_pdf(prior, v, pdf_clip if need_grad else None)
-        d = cdf - q  # not in place: a custom prior's cdf may alias v or its own state
-        loss = loss + d.square().sum(dtype=torch.float64)  # float64: blocks of float32 sums lose ~1e-7
-        if grad_t is not None:  # d loss / d x in sorted order, scattered back to column order
-            grad_t[j : j + block].scatter_(1, perm, pdf.mul_(d).mul_(2 * scale))
-    loss = (loss * scale).to(x.dtype)
-    if check == "nan":
+        j1 = min(g, j + block)
+        rows = xt[j:j1]
+        # Ranks from a stable sort (ties by row; signed keys only where negative values are valid), and
+        # each value's target i / (N + 1) scattered to where it stands: the prior is then evaluated, and the
+        # gradient written, in column order (contiguous, no sorted values, no scatter of the gradient).
+        perm = _sort_rows(rows, signed=True, values=False)[1] if lo < 0 else _sort_rows(rows)[1]
+        target = targets[: j1 - j].scatter_(1, perm, q.expand(j1 - j, n))
+        # the density comes times the gradient's factor 2 * scale (folded into its constant)
+        cdf, pdf, dcdf = evaluate(rows, j, j1, need_grad, want, 2 * scale, pdf_clip)
+        d = cdf.sub_(target)  # cdf is a fresh tensor
+        squares[: j1 - j].addcmul_(d, d)
+        for pg, dk, col in zip(pgrads, dcdf, per_column, strict=True):
+            if pg is not None and dk is not None:
+                if col:
+                    pg[j:j1] = (dk * d).sum(1, dtype=torch.float64)
+                else:
+                    pg[: j1 - j].addcmul_(dk, d)
+        if grad_t is not None:
+            torch.mul(pdf, d, out=grad_t[j:j1])  # type: ignore[arg-type]
+    loss = (squares.sum(dtype=torch.float64) * scale).to(x.dtype)
+    for k, pg in enumerate(pgrads):
+        if pg is not None:
+            pgrads[k] = (pg.sum(dtype=torch.float64) if pg.dim() == 2 else pg) * (2 * scale)
+    if ok is not None and check == "nan":
         loss = torch.where(ok, loss, math.nan)
         grad_t = None if grad_t is None else torch.where(ok, grad_t, math.nan)
-    return loss, grad_t
+        pgrads = [None if pg is None else torch.where(ok, pg, math.nan) for pg in pgrads]
+    return loss, grad_t, pgrads
+
+
+#: Tensor parameters a prior may have (the Function's named slots for them).
+_MAX_TENSOR_PARAMS = 4
 
 
 class _BatchShapingFunction(torch.autograd.Function):
+    """loss(x, *prior tensor parameters): x (N, C), the parameters those of ``prior.tensor_params()``."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, prior: Prior, reduction: str, pdf_clip: float, check: str | None) -> Tensor:  # type: ignore[override]
-        loss, grad_t = _batch_shaping(x.detach(), prior, reduction, pdf_clip, ctx.needs_input_grad[0], check)
-        ctx.save_for_backward(grad_t)  # computed here: backward needs only it, not the sort
+    def forward(  # type: ignore[override]
+        ctx,
+        x: Tensor,
+        prior: Prior,
+        reduction: str,
+        pdf_clip: float,
+        check: str | None,
+        p0: Tensor | None = None,
+        p1: Tensor | None = None,
+        p2: Tensor | None = None,
+        p3: Tensor | None = None,
+    ) -> Tensor:
+        # Named slots, not *params: torch.compile traces autograd.Function.forward with a fixed signature.
+        params = [p for p in (p0, p1, p2, p3) if p is not None]
+        values = _param_values(prior, params)
+        want, k = [], 5  # a plain loop: torch.compile traces ctx.needs_input_grad[i], not slices of it
+        for v in values:
+            want.append(isinstance(v, Tensor) and ctx.needs_input_grad[k])
+            k += isinstance(v, Tensor)
+        loss, grad_t, pgrads = _batch_shaping(
+            x.detach(), prior, reduction, pdf_clip, ctx.needs_input_grad[0], check, values, want
+        )
+        # computed here: backward needs only them, not the sort
+        tensor_grads = (pg for pg, v in zip(pgrads, values, strict=True) if isinstance(v, Tensor))
+        ctx.save_for_backward(grad_t, *tensor_grads)
+        ctx.param_meta = [(p.shape, p.dtype) for p in params]
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        (grad_t,) = ctx.saved_tensors
-        # (G, N) -> a fresh contiguous (N, G): the copy transposes in blocks, then the scaling runs in place.
-        grad = torch.empty(grad_t.shape[::-1], dtype=grad_t.dtype, device=grad_t.device)
-        return grad.copy_(grad_t.t()).mul_(grad_out), None, None, None, None
+        grad_t, *pgrads = ctx.saved_tensors
+        grad = None
+        if grad_t is not None:
+            # (C, N) -> a fresh contiguous (N, C): the copy transposes in blocks, the scaling runs in place.
+            grad = torch.empty(grad_t.shape[::-1], dtype=grad_t.dtype, device=grad_t.device)
+            grad.copy_(grad_t.t()).mul_(grad_out)
+        pout = [
+            None if pg is None else (pg * grad_out).to(dtype).reshape(shape)
+            for pg, (shape, dtype) in zip(pgrads, ctx.param_meta, strict=True)
+        ]
+        return grad, None, None, None, None, *pout, *[None] * (_MAX_TENSOR_PARAMS - len(pout))
+
+
+def _is_prior(obj: object) -> bool:
+    return callable(getattr(obj, "cdf", None)) and callable(getattr(obj, "pdf", None))
+
+
+Hyperprior = Prior | Callable[[Tensor], Tensor]
 
 
 class BatchShapingLoss(nn.Module):
-    """Batch-shaping loss: match each gate's distribution over the batch to a prior CDF.
+    """Batch-shaping loss: match each column's distribution over the batch to a prior CDF.
 
-    Input x: (N, G) gate-on probabilities in [0, 1] (N >= 2 samples, G gates). Output: scalar tensor,
-    float32 (float64 for float64 input; 16-bit inputs, e.g. under autocast, are computed in float32).
+    Input x: by default (``dim="gates"``) an (N, G) tensor of gate-on probabilities in [0, 1] (N >= 2
+    samples, G gates). With ``dim`` given, any features: ``dim=0`` shapes x (N, ...) per column over the
+    batch (the other dims flattened into columns: (N, C, H, W) has C*H*W columns of N samples), a tuple of
+    dims takes its samples over all of them (``dim=(0, 2, 3)``: one column per channel, N*H*W samples),
+    ``dim=None`` pools all values into one distribution (the reference code's ``dim=None``; its ``dim=d``,
+    which names the dim that indexes the distributions, is ``dim`` = all the other dims here). Values must
+    lie in the prior's support: [0, 1] for Beta and Relaxed Bernoulli priors, any finite value for
+    :class:`NormalPrior`. Output: scalar tensor, float32 (float64 for float64 input; 16-bit inputs, e.g.
+    under autocast, are computed in float32).
 
-    For each gate (column) j, with r_ij the 1-based rank of x_ij within column j and F the prior CDF::
+    For each column j, with r_ij the 1-based rank of x_ij within column j and F the prior CDF::
 
         loss_j = 1/N * sum_i (F(x_ij) - r_ij / (N + 1))^2 = 1/N * sum_i (F(x_(i),j) - i / (N + 1))^2
 
     Args:
         alpha, beta: parameters of the default :class:`BetaPrior` (0.6, 0.4 as in the paper: a U-shaped
             prior with mean 0.6, i.e. gates mostly fully on or fully off, on 60% of the time).
-        prior: any :class:`Prior` (``cdf``/``pdf`` torch functions); overrides alpha, beta.
-        reduction: ``"sum"`` (default) adds ``loss_j`` over the gates; ``"mean"`` averages them, as in the
-            authors' reference code. With "mean" the loss (and its gradient per gate) shrinks by 1/G, so a
+        prior: any prior: :class:`BetaPrior`, :class:`SymBetaPrior`, :class:`NormalPrior`,
+            :class:`RelaxedBernoulliPrior` (:mod:`batchshaping.priors`; parameters floats, or tensors with one
+            value or one per column, trainable), or any object with ``cdf``/``pdf`` torch functions (and an
+            optional ``support``); overrides alpha, beta. The prior's ``nn.Parameter`` s are registered here,
+            so ``loss.parameters()`` yields them (and ``state_dict`` saves them).
+        reduction: ``"sum"`` (default) adds ``loss_j`` over the columns; ``"mean"`` averages them, as in the
+            authors' reference code. With "mean" the loss (and its gradient per column) shrinks by 1/C, so a
             weight tuned for one is not right for the other (our recipes use "sum").
         pdf_clip: the prior density f in the gradient is clipped to [0, pdf_clip] (100: the upper clip of
             the authors' code; their lower one, 1e-3, is below the minimum 0.59 of Beta(0.6, 0.4)). f -> inf
             at 0 and 1, where a float32 sigmoid saturates (logit > ~17 or < ~-104) and inf * 0 would give NaN
             in the chain rule; Beta(0.6, 0.4) reaches 100 only for x < 5e-7 or 1 - x < 6.3e-5, where the
             sigmoid's derivative x (1 - x) already scales the logit gradient below 0.01. Each element's
-            gradient is at most 2 * pdf_clip / N (times the reduction factor).
-        check_inputs: validate values (NaN, inf, outside [0, 1]); see below.
+            gradient is at most 2 * pdf_clip / N (times the reduction factor). Parameter gradients use the
+            exact derivatives.
+        check_inputs: validate values (NaN, inf, outside the support) and tensor parameters; see below.
+        dim: ``"gates"`` (default), the sample dim(s) of x, or None; see above.
+        hyperprior: terms on the prior's tensor parameters, by parameter name, added to the loss times
+            ``hyperprior_weight``: a prior (batch-shaping of the parameter's values, one per column, pooled
+            into one distribution: the generalized batch-shaping of MSViT, where e.g. a Beta(3, 7) keeps the
+            learned means of Relaxed Bernoulli priors near a sparsity target) or any callable of the
+            parameter tensor returning a scalar (e.g. ``lambda t: t.abs().mean()``).
+        hyperprior_weight: weight of the hyperprior terms (1 as in the reference notebook).
 
     Gradient: analytic (a custom autograd Function), ``d loss / d x_ij = 2/N (F(x_ij) - r_ij/(N+1)) f(x_ij)``
-    times the reduction factor (1 for "sum", 1/G for "mean"). Ranks are piecewise constant and get no
-    gradient; the loss is not twice differentiable.
+    times the reduction factor (1 for "sum", 1/C for "mean"); for tensor parameters of a built-in prior,
+    ``2/N sum_i (F(x_(i)j) - i/(N+1)) dF/dtheta(x_(i)j)`` likewise. Ranks are piecewise constant and get no
+    gradient; the loss is not twice differentiable. Parameters that are computed tensors (``std=s.exp()``)
+    are passed per call: ``loss(x, prior=NormalPrior(m, s.exp()))`` (that prior replaces the module's for
+    the call).
 
     Ties: equal values are ranked in order of their row (batch) index, i.e. a stable sort. The loss value
     does not depend on how ties are broken; the gradient of tied elements does (the function has a kink).
 
-    Bad input: a wrong shape (not 2-D, N < 2, G = 0) or a non-floating dtype raises ValueError. Bad values
-    (NaN, inf, outside [0, 1]), found from the ends of the sorted columns, raise ValueError on CPU; on other
-    devices and under torch.compile, where raising would need a host sync or a graph break, they make the
-    loss and its gradient NaN instead: forward and backward then never sync, compile to one graph and can be
-    captured in a CUDA graph (after a first call has put the prior's table on the device).
-    ``check_inputs=False`` skips the check.
+    Bad input: a wrong shape (not 2-D for dim="gates", fewer than 2 samples, no columns, a parameter tensor
+    whose size is neither 1 nor the number of columns) or a non-floating dtype raises ValueError. Bad values
+    (NaN, inf, outside the support; one min/max pass) and invalid tensor parameters (std <= 0, ...) raise
+    ValueError on CPU; on other devices and under torch.compile, where raising would need a host sync or a
+    graph break, they make the loss and its gradients NaN instead: forward and backward then never sync,
+    compile to one graph and can be captured in a CUDA graph (after a first call has put the prior's table
+    on the device). ``check_inputs=False`` skips the checks.
     """
 
     def __init__(
@@ -382,37 +434,130 @@ class BatchShapingLoss(nn.Module):
         reduction: str = "sum",
         pdf_clip: float = DEFAULT_PDF_CLIP,
         check_inputs: bool = True,
+        dim: int | Sequence[int] | None | str = GATES,
+        hyperprior: Mapping[str, Hyperprior] | None = None,
+        hyperprior_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
         if not pdf_clip > 0:
             raise ValueError(f"pdf_clip must be > 0, got {pdf_clip}")
+        if isinstance(dim, str) and dim != GATES:
+            raise ValueError(f"dim must be {GATES!r}, an int, a tuple of ints or None, got {dim!r}")
+        given = prior is not None
         if prior is None:
             prior = BetaPrior(alpha, beta)
-        elif not (callable(getattr(prior, "cdf", None)) and callable(getattr(prior, "pdf", None))):
+        elif not _is_prior(prior):
             raise ValueError(f"prior must have cdf(x) and pdf(x) methods, got {prior!r}")
         self.prior = prior
         self.reduction, self.pdf_clip = reduction, float(pdf_clip)
         self.check_inputs = check_inputs
+        self.dim = dim if dim is None or isinstance(dim, int | str) else tuple(dim)
+        self.hyperprior = dict(hyperprior or {})
+        self.hyperprior_weight = float(hyperprior_weight)
+        for name, hp in self.hyperprior.items():
+            if not (_is_prior(hp) or callable(hp)):
+                raise ValueError(f"hyperprior[{name!r}] must be a prior (cdf/pdf) or a callable, got {hp!r}")
+        self._hyper_losses = {
+            name: BatchShapingLoss(prior=hp, pdf_clip=pdf_clip, check_inputs=check_inputs, dim=None)
+            for name, hp in self.hyperprior.items()
+            if _is_prior(hp)
+        }
+        if given:  # else priors come with each call (loss(x, prior=...)), checked then
+            self._check_hyperprior(prior)
+        if isinstance(prior, ParametricPrior):  # trainable prior parameters come with loss.parameters()
+            for name, value in prior.params.items():
+                if isinstance(value, nn.Parameter):
+                    self.register_parameter(f"prior_{name}", value)
 
     def extra_repr(self) -> str:
-        return f"prior={self.prior!r}, reduction={self.reduction!r}"
+        text = f"prior={self.prior!r}, reduction={self.reduction!r}"
+        if self.dim != GATES:
+            text += f", dim={self.dim!r}"
+        if self.hyperprior:
+            text += f", hyperprior={self.hyperprior!r}, hyperprior_weight={self.hyperprior_weight:g}"
+        return text
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (N, G) float probabilities in [0, 1] -> scalar loss."""
-        _check_shape(x)
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
+    def _check_hyperprior(self, prior: Prior) -> None:
+        names = prior.param_names if isinstance(prior, ParametricPrior) else ()
+        for name in self.hyperprior:
+            if name not in names:
+                raise ValueError(f"hyperprior names parameter {name!r}, but {prior!r} has parameters {names}")
+            if not isinstance(prior.params[name], Tensor):  # type: ignore[union-attr]
+                raise ValueError(
+                    f"hyperprior on {name!r} needs a tensor parameter (learned), but {prior!r} has it fixed"
+                )
+
+    def hyperprior_loss(self, prior: Prior | None = None) -> Tensor | None:
+        """The hyperprior terms on ``prior``'s (default: the module's) parameters, times hyperprior_weight;
+        None without a hyperprior. Included in :meth:`forward`'s result."""
+        if not self.hyperprior:
+            return None
+        prior = self.prior if prior is None else prior
+        total: Tensor | None = None
+        for name, hp in self.hyperprior.items():
+            value = prior.params[name]  # type: ignore[union-attr]
+            if name in self._hyper_losses:
+                if value.numel() < 2:
+                    raise ValueError(
+                        f"hyperprior[{name!r}] shapes the distribution of the parameter's values over the "
+                        f"columns: give one value per column (it has {value.numel()})"
+                    )
+                term = self._hyper_losses[name](value)
+            else:
+                term = hp(value)  # type: ignore[operator]
+            total = term if total is None else total + term
+        return total * self.hyperprior_weight  # type: ignore[operator]
+
+    def forward(self, x: Tensor, prior: Prior | None = None) -> Tensor:
+        """x: (N, G) probabilities in [0, 1] (dim="gates"), else features shaped per ``dim`` -> scalar
+        loss (plus the hyperprior terms). prior: replaces the module's prior for this call."""
+        if prior is None:
+            prior = self.prior
+        else:
+            if not _is_prior(prior):
+                raise ValueError(f"prior must have cdf(x) and pdf(x) methods, got {prior!r}")
+            self._check_hyperprior(prior)
+        cols = _as_columns(x, self.dim)
+        if cols.dtype in (torch.float16, torch.bfloat16):
+            cols = cols.float()
+        params = prior.tensor_params() if isinstance(prior, ParametricPrior) else []
+        self._check_params(prior, params, cols)
         # Raising needs the check's result on the host: free on CPU, a sync (or a graph break under
         # torch.compile) elsewhere, where NaN flags it.
-        check = ("raise" if _eager_cpu(x) else "nan") if self.check_inputs else None
-        args = (x, self.prior, self.reduction, self.pdf_clip, check)
-        kind = x.device.type  # "meta" (shape checks) has no autocast state to ask
+        check = ("raise" if _eager_cpu(cols) else "nan") if self.check_inputs else None
+        args = (cols, prior, self.reduction, self.pdf_clip, check, *params)
+        kind = cols.device.type  # "meta" (shape checks) has no autocast state to ask
         if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
             with torch.autocast(kind, enabled=False):
-                return _BatchShapingFunction.apply(*args)
-        return _BatchShapingFunction.apply(*args)
+                loss = _BatchShapingFunction.apply(*args)
+        else:
+            loss = _BatchShapingFunction.apply(*args)
+        extra = self.hyperprior_loss(prior)
+        return loss if extra is None else loss + extra
+
+    @staticmethod
+    def _check_params(prior: Prior, params: Sequence[Tensor], cols: Tensor) -> None:
+        """Tensor parameters: one value or one per column, on the input's device (shapes only: no sync)."""
+        n_cols = cols.shape[1]
+        if len(params) > _MAX_TENSOR_PARAMS:
+            raise ValueError(
+                f"{type(prior).__name__} has {len(params)} tensor parameters; BatchShapingLoss takes at most "
+                f"{_MAX_TENSOR_PARAMS}"
+            )
+        names = [n for n, v in prior.params.items() if isinstance(v, Tensor)] if params else []  # type: ignore[union-attr]
+        for name, p in zip(names, params, strict=True):
+            if p.numel() not in (1, n_cols):
+                raise ValueError(
+                    f"{type(prior).__name__} parameter {name!r} has {p.numel()} values (shape "
+                    f"{tuple(p.shape)}) for {n_cols} columns: give a scalar or one value per column"
+                )
+            if p.device != cols.device:
+                raise ValueError(
+                    f"{type(prior).__name__} parameter {name!r} is on {p.device}, the input on "
+                    f"{cols.device}: move the parameter (or the loss: loss.to(device)) to the input's device"
+                )
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -10,6 +10,16 @@ the accuracy of both float32 paths against the exact float64 path. Reports media
 process's CPU time (all its threads). Writes benchmarks/results/losses.json.
 
     python -m benchmarks.bench_losses --threads 1 --repeats 40
+
+``--priors`` measures instead every prior family (Beta, Beta(a, 1 - a), Normal, Relaxed Bernoulli; fixed
+and trainable parameters) against the authors' reference implementation (Qualcomm-AI-research/batchshaping,
+``gbas_loss``), whose formulas are written out below (not imported): torch.sort, then for Beta a numpy /
+scipy round trip on the host (scipy CDF and density, and for trainable parameters the CDF on 11 parameter
+values per parameter with np.gradient), for Normal and Relaxed Bernoulli torch formulas differentiated by
+autograd. Both with reduction "mean" (the reference's), interleaved call by call. Writes
+benchmarks/results/losses_priors.json.
+
+    python -m benchmarks.bench_losses --priors --repeats 20
 """
 
 from __future__ import annotations
@@ -27,9 +37,11 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
 
 from batchshaping import losses as new
+from batchshaping.priors import BetaPrior, NormalPrior, RelaxedBernoulliPrior, SymBetaPrior
 from benchmarks.common import machine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,8 +132,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1], help="torch thread counts to run with")
     ap.add_argument("--repeats", type=int, default=40, help="timed calls of each function per thread count")
     ap.add_argument("--old-rev", default=OLD_REV, help="git revision of the implementation to compare with")
-    ap.add_argument("--out", type=Path, default=RESULTS / "losses.json")
+    ap.add_argument("--out", type=Path, default=None, help="results file (default: by mode, in results/)")
+    ap.add_argument("--priors", action="store_true", help="every prior against the reference code instead")
+    ap.add_argument("--only", default="", help="--priors: only the cases whose name contains this")
     args = ap.parse_args()
+    if args.priors:
+        main_priors(args)
+        return
+    args.out = args.out or RESULTS / "losses.json"
     n, g = args.n, args.g
     old = load_old(args.old_rev)
 
@@ -191,6 +209,226 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Priors against the reference implementation
+
+
+def _ref_sorted_columns(x: torch.Tensor) -> torch.Tensor:
+    """The reference's layout for per-column shaping of (N, G) x (its dim=1): (G, N) rows, sorted."""
+    rows = x.transpose(1, 0).reshape(x.shape[1], -1)
+    return torch.sort(rows, dim=-1)[0]
+
+
+def _ref_param(value: float | torch.Tensor) -> torch.Tensor:
+    """validate_prior_param: floats become (1, 1) float32 tensors, scalar tensors (1, 1) views."""
+    if isinstance(value, float):
+        return torch.ones(1, 1) * value
+    return value[None, None]
+
+
+class _RefBetaCDF(torch.autograd.Function):
+    """Reference BaS Beta CDF: scipy CDF and density on the host, density clipped to [1e-3, 100]."""
+
+    @staticmethod
+    def forward(ctx, inp: torch.Tensor, a: float, b: float) -> torch.Tensor:  # type: ignore[override]
+        from scipy.stats import beta as beta_scipy
+
+        x = inp.detach().clone().numpy()
+        pdf = torch.tensor(np.clip(beta_scipy.pdf(x, a=a, b=b), 1e-3, 100), dtype=torch.float32)
+        ctx.save_for_backward(pdf)
+        return torch.tensor(beta_scipy.cdf(x, a=a, b=b), dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return ctx.saved_tensors[0] * grad, None, None
+
+
+class _RefBetaCDFTrainable(torch.autograd.Function):
+    """Reference gBaS Beta CDF: the parameter derivatives by np.gradient over 11 parameter values each
+    (eps 0.05), for Beta(a, b) or (symmetric=True) Beta(a, 1 - a)."""
+
+    @staticmethod
+    def forward(ctx, inp: torch.Tensor, pa: torch.Tensor, pb: torch.Tensor | None, symmetric: bool):  # type: ignore[override]
+        from scipy.stats import beta as beta_scipy
+
+        num_pts, eps = 5, 0.05
+        x = inp.detach().clone().numpy()
+        a = float(pa.detach().numpy().reshape(()))
+        b = 1 - a if symmetric else float(pb.detach().numpy().reshape(()))
+        pdf = torch.tensor(np.clip(beta_scipy.pdf(x, a=a, b=b), 1e-3, 100), dtype=torch.float32)
+        cdf = torch.tensor(beta_scipy.cdf(x, a=a, b=b), dtype=torch.float32)
+        hi = min(1 - eps, a + eps) if symmetric else a + eps
+        alphas = np.linspace(max(eps, a - eps), hi, num_pts * 2 + 1)
+        f = np.stack([beta_scipy.cdf(x, a=al, b=1 - al if symmetric else b) for al in alphas], axis=0)
+        grads = [torch.tensor(np.gradient(f, alphas, axis=0)[num_pts], dtype=torch.float32)]
+        if not symmetric:
+            betas = np.linspace(max(eps, b - eps), b + eps, num_pts * 2 + 1)
+            f = np.stack([beta_scipy.cdf(x, a=a, b=be) for be in betas], axis=0)
+            grads.append(torch.tensor(np.gradient(f, betas, axis=0)[num_pts], dtype=torch.float32))
+        ctx.save_for_backward(pdf, *grads)
+        return cdf
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        pdf, *grads = ctx.saved_tensors
+        pgrads = [g * grad for g in grads]  # autograd sums them to the parameter's shape
+        return pdf * grad, pgrads[0], pgrads[1] if len(pgrads) > 1 else None, None
+
+
+def reference_loss(x: torch.Tensor, family: str, p1: float | torch.Tensor, p2: float | torch.Tensor | None):
+    """gbas_loss(x, prior, p1, p2, trainable_prior_params=tensor parameters, dim=1) of the reference code,
+    its formulas written out: per-column shaping of (N, G) x, reduction "mean"."""
+    trainable = isinstance(p1, torch.Tensor)
+    xs = _ref_sorted_columns(x)
+    if family in ("beta", "symbeta"):
+        symmetric = family == "symbeta"
+        if trainable:
+            pa = _ref_param(p1)[0]
+            pb = None if symmetric else _ref_param(p2)[0]
+            pcdf = _RefBetaCDFTrainable.apply(xs, pa, pb, symmetric)
+        else:
+            pcdf = _RefBetaCDF.apply(xs, p1, 1 - p1 if symmetric else p2)
+    elif family == "normal":
+        mean, std = _ref_param(p1), _ref_param(p2)
+        pcdf = 0.5 * (1 + torch.special.erf((xs - mean) / (np.sqrt(2) * std)))
+    else:  # relaxed Bernoulli, with the reference's clip of x to [1e-3, 1 - 1e-3]
+        mean, temperature = _ref_param(p1), _ref_param(p2)
+        xc = torch.clip(xs, 1e-3, 1 - 1e-3)
+        loga = torch.special.xlog1py(temperature, -xc)
+        loga -= torch.special.xlogy(temperature, xc)
+        logp = torch.special.logit(mean)
+        pcdf = torch.special.expit(-loga - logp)
+    n = xs.shape[1]
+    ecdf = torch.arange(1, n + 1, dtype=torch.float) / (n + 1)
+    return torch.mean(torch.sum((ecdf[None, :] - pcdf) ** 2, dim=-1) / n)
+
+
+#: (case, family, parameters, input): the reference code's four families, fixed and trainable (scalar
+#: parameters: the reference's per-column Beta evaluates every column against every prior, see the README).
+PRIOR_CASES = [
+    ("beta(0.6, 0.4)", "beta", (0.6, 0.4), "probs"),
+    ("symbeta(0.6)", "symbeta", (0.6, None), "probs"),
+    ("normal(0.5, 0.3)", "normal", (0.5, 0.3), "features"),
+    ("relaxed_bernoulli(0.3, 0.5)", "relaxed_bernoulli", (0.3, 0.5), "probs"),
+    ("beta(0.6, 0.4), trainable", "beta", (0.6, 0.4), "probs"),
+    ("symbeta(0.6), trainable", "symbeta", (0.6, None), "probs"),
+    ("normal(0.5, 0.3), trainable", "normal", (0.5, 0.3), "features"),
+    ("relaxed_bernoulli(0.3, 0.5), trainable", "relaxed_bernoulli", (0.3, 0.5), "probs"),
+]
+
+
+def our_prior(family: str, p1: float | torch.Tensor, p2: float | torch.Tensor | None):
+    if family == "beta":
+        return BetaPrior(p1, p2)
+    if family == "symbeta":
+        return SymBetaPrior(p1)
+    if family == "normal":
+        return NormalPrior(p1, p2)
+    return RelaxedBernoulliPrior(p1, p2)
+
+
+def step(loss_fn: Callable[[], torch.Tensor], tensors: list, last: dict, key: str) -> Callable[[], None]:
+    """One forward + backward of loss_fn, gradients of ``tensors`` reset first; the loss kept in last[key]."""
+
+    def call() -> None:
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                t.grad = None
+        out = loss_fn()
+        out.backward()
+        last[key] = out.detach()
+
+    return call
+
+
+def measure_prior(
+    family: str, v1: float, v2: float | None, trainable: bool, x: torch.Tensor, repeats: int
+) -> dict:
+    """Reference against ours on x for one prior: times, ratios, losses and gradients side by side."""
+
+    def params() -> list:
+        return [
+            None if v is None else torch.tensor(v, requires_grad=True) if trainable else v for v in (v1, v2)
+        ]
+
+    ref_p, our_p = params(), params()
+    ours = new.BatchShapingLoss(prior=our_prior(family, *our_p), reduction="mean", dim=0)
+    x_ref, x_our = x.clone().requires_grad_(), x.clone().requires_grad_()
+    last: dict[str, torch.Tensor] = {}
+    fns = {
+        "reference": step(lambda: reference_loss(x_ref, family, *ref_p), [x_ref, *ref_p], last, "reference"),
+        "ours": step(lambda: ours(x_our), [x_our, *our_p], last, "ours"),
+    }
+    t0 = time.perf_counter()
+    fns["reference"]()
+    slow = time.perf_counter() - t0 > 0.3  # the scipy paths of trainable Beta take seconds per call
+    res = measure(fns, max(3, repeats // 5) if slow else repeats, warmup=1 if slow else 3)
+    grads = {
+        "x_max_abs_diff": (x_ref.grad - x_our.grad).abs().max().item(),
+        "x_max_abs": x_ref.grad.abs().max().item(),
+    }
+    for k, (rp, op) in enumerate(zip(ref_p, our_p, strict=True)):
+        if isinstance(op, torch.Tensor):
+            grads[f"param{k + 1}_reference"] = rp.grad.item()
+            grads[f"param{k + 1}_ours"] = op.grad.item()
+    return {
+        "results": res,
+        "reference_over_ours": {
+            "wall": res["reference"]["median_ms"] / res["ours"]["median_ms"],
+            "cpu": res["reference"]["cpu_median_ms"] / res["ours"]["cpu_median_ms"],
+        },
+        "loss": {"reference": last["reference"].item(), "ours": last["ours"].item()},
+        "gradients": grads,
+        "load_average": os.getloadavg(),
+    }
+
+
+def main_priors(args: argparse.Namespace) -> None:
+    n, g = args.n, args.g
+    out = args.out or RESULTS / "losses_priors.json"
+    torch.set_num_threads(args.threads[0])
+    torch.manual_seed(0)
+    inputs = {"probs": torch.rand(n, g), "features": torch.randn(n, g) * 0.3 + 0.5}
+    load_before = os.getloadavg()
+    cases = {}
+    for name, family, (v1, v2), kind in PRIOR_CASES:
+        if args.only and args.only not in name:
+            continue
+        case = cases[name] = measure_prior(
+            family, v1, v2, name.endswith("trainable"), inputs[kind], args.repeats
+        )
+        res, ratio, loss = case["results"], case["reference_over_ours"], case["loss"]
+        print(
+            f"{name:40s} reference {res['reference']['cpu_median_ms']:9.1f} ms cpu, ours "
+            f"{res['ours']['cpu_median_ms']:7.2f} ms cpu: {ratio['cpu']:6.1f}x cpu "
+            f"({ratio['wall']:.1f}x wall); loss {loss['reference']:.6g} vs {loss['ours']:.6g}",
+            flush=True,
+        )
+    record = {
+        "benchmark": "BatchShapingLoss forward+backward per prior against the reference implementation (CPU)",
+        "command": f"python -m benchmarks.bench_losses --priors --n {n} --g {g} --threads {args.threads[0]} "
+        f"--repeats {args.repeats}" + (f" --only '{args.only}'" if args.only else ""),
+        "shape": [n, g],
+        "dtype": "float32",
+        "reduction": "mean",
+        "threads": args.threads[0],
+        "cases": cases,
+        "min_ratio_cpu": min(c["reference_over_ours"]["cpu"] for c in cases.values()),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "machine": {
+            **machine(),
+            "cpu_flags": cpu_flags(),
+            "numpy": np.__version__,
+            "note": "shared machine: other jobs ran at the same time (see the load averages); ratios are of "
+            "median process CPU times measured side by side",
+        },
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

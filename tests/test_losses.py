@@ -1,17 +1,21 @@
-"""Tests of batchshaping.losses: Beta prior accuracy, batch-shaping loss values and gradients, L0 loss."""
+"""Tests of batchshaping.losses: Beta prior accuracy, batch-shaping loss values and gradients (gate
+probabilities and any features, every prior family, learned prior parameters), L0 loss."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
 from scipy import special, stats
+from torch import nn
 
 from batchshaping import losses
 from batchshaping.gates import GateOutput
 from batchshaping.losses import BatchShapingLoss, BetaPrior, Prior, _BatchShapingFunction, l0_loss
+from batchshaping.priors import NormalPrior, RelaxedBernoulliPrior, SymBetaPrior
 
 
 @pytest.fixture(autouse=True)
@@ -448,6 +452,325 @@ def test_bad_arguments():
         BatchShapingLoss(reduction="none")
     with pytest.raises(ValueError, match="pdf_clip"):
         BatchShapingLoss(pdf_clip=0.0)
+
+
+# ---- batch-shaping beyond gates: any features, other priors, learned parameters ----------------------------
+
+
+def ref_loss_cols(x: torch.Tensor, cdf, reduction: str = "sum") -> float:
+    """Slow reference for (N, C) x and any prior: cdf(sorted column values, column index) -> numpy."""
+    xn = x.detach().double().numpy()
+    n, c = xn.shape
+    q = np.arange(1, n + 1) / (n + 1)
+    per_column = [((cdf(np.sort(xn[:, j]), j) - q) ** 2).sum() / n for j in range(c)]
+    return sum(per_column) if reduction == "sum" else sum(per_column) / c
+
+
+def ref_grad_cols(x: torch.Tensor, cdf, pdf, clip: float = 100.0) -> np.ndarray:
+    """2/N (F(x) - r/(N+1)) min(f(x), clip), r the stable rank in the column ("sum" reduction)."""
+    xn = x.detach().double().numpy()
+    n, c = xn.shape
+    grad = np.empty_like(xn)
+    for j in range(c):
+        rank = np.empty(n)
+        rank[np.argsort(xn[:, j], kind="stable")] = np.arange(1, n + 1)
+        grad[:, j] = 2 / n * (cdf(xn[:, j], j) - rank / (n + 1)) * np.minimum(pdf(xn[:, j], j), clip)
+    return grad
+
+
+def rb_cdf(x, mean, tau):
+    return special.expit(tau * special.logit(x) - special.logit(mean))
+
+
+def rb_pdf(x, mean, tau):
+    f = rb_cdf(x, mean, tau)
+    return tau * f * (1 - f) / (x * (1 - x))
+
+
+COL_M = [0.2, 0.5, 0.8, 0.4, 0.6]
+COL_S = [0.5, 1.0, 2.0, 0.3, 1.5]
+OTHER_PRIORS = {
+    "normal": (
+        lambda dt: NormalPrior(0.2, 1.5),
+        lambda c, j: stats.norm.cdf(c, 0.2, 1.5),
+        lambda c, j: stats.norm.pdf(c, 0.2, 1.5),
+    ),
+    "normal per column": (
+        lambda dt: NormalPrior(torch.tensor(COL_M, dtype=dt), torch.tensor(COL_S, dtype=dt)),
+        lambda c, j: stats.norm.cdf(c, COL_M[j], COL_S[j]),
+        lambda c, j: stats.norm.pdf(c, COL_M[j], COL_S[j]),
+    ),
+    "relaxed bernoulli": (
+        lambda dt: RelaxedBernoulliPrior(0.3, 0.6),
+        lambda c, j: rb_cdf(c, 0.3, 0.6),
+        lambda c, j: rb_pdf(c, 0.3, 0.6),
+    ),
+    "relaxed bernoulli per column": (
+        lambda dt: RelaxedBernoulliPrior(torch.tensor(COL_M, dtype=dt), torch.tensor(COL_S, dtype=dt)),
+        lambda c, j: rb_cdf(c, COL_M[j], COL_S[j]),
+        lambda c, j: rb_pdf(c, COL_M[j], COL_S[j]),
+    ),
+    "symbeta": (
+        lambda dt: SymBetaPrior(0.8),
+        lambda c, j: stats.beta.cdf(c, 0.8, 0.2),
+        lambda c, j: stats.beta.pdf(c, 0.8, 0.2),
+    ),
+    "beta per column": (
+        lambda dt: BetaPrior(torch.tensor(COL_S, dtype=dt), torch.tensor(COL_M, dtype=dt) * 3),
+        lambda c, j: stats.beta.cdf(c, COL_S[j], COL_M[j] * 3),
+        lambda c, j: stats.beta.pdf(c, COL_S[j], COL_M[j] * 3),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(OTHER_PRIORS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_other_priors_match_the_slow_reference(name, dtype):
+    """Loss and gradient of every prior family (fixed and per-column parameters) against sort + scipy;
+    Normal on features of both signs."""
+    make, cdf, pdf = OTHER_PRIORS[name]
+    gen = torch.Generator().manual_seed(13)
+    x64 = torch.randn(48, 5, generator=gen, dtype=torch.float64) * 1.5
+    if not name.startswith("normal"):
+        x64 = torch.sigmoid(x64 * 2)
+    x = x64.to(dtype).requires_grad_()
+    out = BatchShapingLoss(prior=make(dtype), dim=0)(x)
+    out.backward()
+    assert out.dtype == dtype
+    ref = ref_loss_cols(x, cdf)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    assert abs(out.item() - ref) <= tol * max(1.0, ref)
+    rtol, atol = (1e-9, 1e-12) if dtype == torch.float64 else (2e-4, 1e-7)
+    np.testing.assert_allclose(x.grad.double().numpy(), ref_grad_cols(x, cdf, pdf), rtol=rtol, atol=atol)
+
+
+def test_dim_picks_the_sample_dims_and_flattens_the_rest_into_columns():
+    """dim=0: (N, C, H, W) has C*H*W columns; dim=(0, 2, 3): one column per channel over batch and space
+    (the reference code's dim=1); dim=None: every value in one distribution. Loss and gradient equal the
+    classic (N, G) loss on the matching reshape."""
+    torch.manual_seed(3)
+    x = torch.rand(6, 3, 4, 5, dtype=torch.float64)
+    prior = BetaPrior(2.0, 3.0)
+    cases = [
+        (0, lambda t: t.reshape(6, -1)),
+        ((0, -1, 2), lambda t: t.permute(0, 2, 3, 1).reshape(-1, 3)),
+        (None, lambda t: t.reshape(-1, 1)),
+    ]
+    for dim, as_gates in cases:
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out = BatchShapingLoss(prior=prior, dim=dim)(xa)
+        ref = BatchShapingLoss(prior=prior)(as_gates(xb))
+        out.backward()
+        ref.backward()
+        assert abs(out.item() - ref.item()) <= 1e-12, dim
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-12, atol=1e-15)
+
+
+GRADCHECK_PRIORS = {
+    "normal": (NormalPrior, [[0.1, -0.2, 0.3], 0.8], "features"),
+    "relaxed bernoulli": (RelaxedBernoulliPrior, [0.4, [0.5, 0.9, 2.0]], "probs"),
+    "beta": (BetaPrior, [[0.6, 2.0, 0.3], 0.7], "probs"),
+    "beta scalar": (BetaPrior, [1.5, 0.4], "probs"),
+    "symbeta": (SymBetaPrior, [[0.6, 0.2, 0.9]], "probs"),
+}
+
+
+@pytest.mark.parametrize("name", list(GRADCHECK_PRIORS))
+def test_gradcheck_input_and_prior_parameters(name):
+    """float64 gradcheck of the loss with respect to x and to every (per-column or scalar) parameter."""
+    cls, values, kind = GRADCHECK_PRIORS[name]
+    x = distinct_probs(7, 3, seed=5)
+    x = (x * 4 - 2 if kind == "features" else x).requires_grad_()
+    params = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in values]
+
+    def loss(x, *p):
+        return BatchShapingLoss(prior=cls(*p), dim=0, reduction="mean")(x)
+
+    assert torch.autograd.gradcheck(loss, (x, *params), eps=1e-6, atol=1e-7, rtol=1e-4)
+
+
+def test_gradcheck_with_a_hyperprior_on_learned_means():
+    """The generalized loss: Relaxed Bernoulli priors with per-column means under a Beta(3, 7) hyperprior
+    (the means enter both the prior and the hyperprior term)."""
+    x = distinct_probs(9, 4, seed=6).requires_grad_()
+    means = torch.tensor([0.2, 0.35, 0.5, 0.1], dtype=torch.float64, requires_grad=True)
+    tau = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    shaping = BatchShapingLoss(dim=0, hyperprior={"mean": BetaPrior(3.0, 7.0)}, hyperprior_weight=0.5)
+
+    def loss(x, m, t):
+        return shaping(x, prior=RelaxedBernoulliPrior(m, t))
+
+    assert torch.autograd.gradcheck(loss, (x, means, tau), eps=1e-6, atol=1e-7, rtol=1e-4)
+
+
+def test_learned_normal_parameters_move_to_the_data():
+    """Fixed N(2, 0.5) samples; the prior's mean and std (per column, std = exp(log_std)) learn them."""
+    torch.manual_seed(0)
+    data = 2 + 0.5 * torch.randn(512, 4)
+    mean, log_std = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(4))
+    shaping = BatchShapingLoss(dim=0)
+    opt = torch.optim.Adam([mean, log_std], lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        shaping(data, prior=NormalPrior(mean, log_std.exp())).backward()
+        opt.step()
+    assert (mean - data.mean(0)).abs().max() < 0.02, mean
+    assert (log_std.exp() - data.std(0)).abs().max() < 0.02, log_std.exp()
+
+
+def test_learned_symbeta_parameter_moves_to_the_data():
+    """Fixed Beta(0.8, 0.2) samples; a learned SymBetaPrior alpha (the per-call Hermite table) finds 0.8."""
+    torch.manual_seed(1)
+    data = torch.distributions.Beta(0.8, 0.2).sample((2048,)).view(-1, 1).clamp(0, 1)
+    raw = nn.Parameter(torch.tensor(0.0))  # alpha = sigmoid(raw) = 0.5
+    shaping = BatchShapingLoss(dim=None)
+    opt = torch.optim.Adam([raw], lr=0.1)
+    for _ in range(60):
+        opt.zero_grad()
+        shaping(data, prior=SymBetaPrior(torch.sigmoid(raw))).backward()
+        opt.step()
+    assert abs(torch.sigmoid(raw).item() - 0.8) < 0.03
+
+
+def test_hyperprior_terms_and_registered_parameters():
+    means = nn.Parameter(torch.tensor([0.2, 0.3, 0.5, 0.4]))
+    tau = torch.tensor([0.5, 0.6, 0.7, 0.8], requires_grad=True)
+    prior = RelaxedBernoulliPrior(means, tau)
+    shaping = BatchShapingLoss(
+        prior=prior,
+        hyperprior={"mean": BetaPrior(3.0, 7.0), "temperature": lambda t: t.abs().mean()},
+        hyperprior_weight=0.5,
+    )
+    assert [p is means for p in shaping.parameters()] == [True]  # the nn.Parameter, not the plain tensor
+    assert "prior_mean" in shaping.state_dict()
+    assert list(BatchShapingLoss().parameters()) == []
+    x = torch.rand(64, 4)
+    total = shaping(x)
+    expect = (
+        BatchShapingLoss(prior=prior)(x)
+        + 0.5 * BatchShapingLoss(prior=BetaPrior(3.0, 7.0), dim=None)(means)
+        + 0.5 * tau.mean()
+    )
+    assert abs(total.item() - expect.item()) <= 1e-6
+    total.backward()
+    assert means.grad.abs().sum() > 0 and tau.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"hyperprior names parameter 'std'"):
+        BatchShapingLoss(prior=prior, hyperprior={"std": BetaPrior()})
+    with pytest.raises(ValueError, match=r"needs a tensor parameter"):
+        BatchShapingLoss(prior=RelaxedBernoulliPrior(0.5, tau), hyperprior={"mean": BetaPrior()})
+    with pytest.raises(ValueError, match=r"one value per column \(it has 1\)"):
+        BatchShapingLoss(
+            prior=RelaxedBernoulliPrior(torch.tensor(0.3), tau), hyperprior={"mean": BetaPrior()}
+        )(x)
+
+
+def test_signed_keys_sort_like_torch_sort():
+    """The eager CPU sort with signed keys (priors on the real line): values of both signs, -0.0 and 0.0,
+    ties, infinities; the same indices as torch.sort(stable=True)."""
+    gen = torch.Generator().manual_seed(2)
+    pool = torch.tensor([-math.inf, -3.5, -1.0, -(2**-149), -0.0, 0.0, 2**-149, 1.0, 2.5, math.inf])
+    for v in (pool[torch.randint(len(pool), (30, 300), generator=gen)], torch.randn(30, 300, generator=gen)):
+        _, idx = losses._sort_rows(v, signed=True)
+        values, idx_v = losses._sort_rows(v, signed=True, values=True)
+        ref_values, ref_idx = torch.sort(v, dim=1, stable=True)
+        assert torch.equal(idx, ref_idx) and torch.equal(idx_v, ref_idx) and torch.equal(values, ref_values)
+
+
+def meta_tensor(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device="meta", requires_grad=True)
+
+
+def test_other_priors_never_read_values_on_the_host():
+    """Like test_accelerator_path_never_reads_values_on_the_host: forward and backward on "meta" tensors,
+    with fixed, per-column and learned parameters, run without reading a value (bad values and parameters
+    are flagged by NaN there)."""
+    for dtype in (torch.float32, torch.float64):
+        meta = functools.partial(meta_tensor, dtype=dtype)
+        priors = [
+            (NormalPrior(0.5, 2.0), 0),
+            (NormalPrior(meta(8), meta()), 0),
+            (RelaxedBernoulliPrior(0.3, 0.5), "gates"),
+            (RelaxedBernoulliPrior(meta(), meta(8)), "gates"),
+            (SymBetaPrior(0.7), "gates"),
+        ]
+        if dtype == torch.float32:  # the continued fraction (its most terms, no host read): thousands of ops
+            priors += [(BetaPrior(meta(), meta()), "gates"), (SymBetaPrior(meta(8)), "gates")]
+        for prior, dim in priors:
+            x = meta(32, 8)
+            out = BatchShapingLoss(prior=prior, dim=dim, reduction="mean")(x)
+            out.backward()
+            assert out.shape == () and out.dtype == dtype and x.grad.shape == x.shape
+            assert all(p.grad.shape == p.shape for p in prior.tensor_params())
+
+
+def test_other_priors_compile_to_one_graph():
+    """torch.compile (aot_eager, fullgraph) of learned Normal and Relaxed Bernoulli priors: the eager loss
+    and gradients; bad values give NaN instead of raising."""
+    mean, std = nn.Parameter(torch.tensor([0.1, -0.2, 0.3])), nn.Parameter(torch.tensor(0.8))
+    tau = nn.Parameter(torch.tensor(0.5))
+    normal = BatchShapingLoss(prior=NormalPrior(mean, std), dim=0)
+    relaxed = BatchShapingLoss(prior=RelaxedBernoulliPrior(0.3, tau))
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        return normal(x) + relaxed(torch.sigmoid(x))
+
+    torch.manual_seed(12)
+    x = torch.randn(16, 3, requires_grad=True)
+    eager = step(x)
+    eager.backward()
+    grads = [t.grad.clone() for t in (x, mean, std, tau)]
+    for t in (x, mean, std, tau):
+        t.grad = None
+    try:
+        compiled_step = torch.compile(step, backend="aot_eager", fullgraph=True)
+        compiled = compiled_step(x)
+        compiled.backward()
+        with torch.no_grad():
+            bad = compiled_step(x.detach().index_fill(0, torch.tensor([2]), math.nan))
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=0)
+    for t, g in zip((x, mean, std, tau), grads, strict=True):
+        torch.testing.assert_close(t.grad, g, rtol=1e-5, atol=1e-9)
+    assert torch.isnan(bad)
+
+
+@pytest.mark.parametrize(
+    "prior,dim,x,message",
+    [
+        (NormalPrior(), 0, torch.tensor([[0.2, math.nan], [-5.0, 0.1]]), r"1 NaN and 0 inf.*finite values"),
+        (NormalPrior(), 0, torch.tensor([[0.2, -math.inf], [-5.0, 0.1]]), r"0 NaN and 1 inf"),
+        (RelaxedBernoulliPrior(), 0, torch.tensor([[0.2, 1.5], [0.5, 0.1]]), r"\[0, 1\].*max=1\.5.*sigmoid"),
+        (NormalPrior(torch.zeros(5), 1.0), 0, torch.rand(8, 3), r"'mean' has 5 values.*for 3 columns"),
+        (NormalPrior(), 3, torch.rand(8, 3), r"dim=3 does not name dims of the 2-D input"),
+        (NormalPrior(), None, torch.rand(1, 1), r"at least 2 samples"),
+        (NormalPrior(), (0, 1), torch.rand(4, 0), r"at least 2 samples|no columns"),
+        (NormalPrior(torch.zeros(3, device="meta"), 1.0), 0, torch.rand(8, 3), r"'mean' is on meta.*on cpu"),
+    ],
+)
+def test_bad_features_and_parameters_raise(prior, dim, x, message):
+    with pytest.raises(ValueError, match=message):
+        BatchShapingLoss(prior=prior, dim=dim)(x)
+
+
+def test_invalid_learned_parameters_raise_on_cpu_and_give_nan_elsewhere():
+    """A learned std pushed to <= 0: ValueError naming it and the fix on CPU; in the no-sync mode of other
+    devices ("nan" check), NaN loss and gradients."""
+    std = nn.Parameter(torch.tensor([1.0, 0.5, 2.0]))
+    prior = NormalPrior(0.0, std)
+    x = torch.randn(16, 3, requires_grad=True)
+    BatchShapingLoss(prior=prior, dim=0)(x)
+    with torch.no_grad():
+        std[1] = -0.5
+    with pytest.raises(ValueError, match=r"NormalPrior needs std > 0: 1 of its 3 values.*softplus"):
+        BatchShapingLoss(prior=prior, dim=0)(x)
+    out = _BatchShapingFunction.apply(x, prior, "sum", 100.0, "nan", std)
+    out.backward()
+    assert torch.isnan(out) and torch.isnan(x.grad).all() and torch.isnan(std.grad).all()
+    with pytest.raises(ValueError, match=r"dim must be 'gates'"):
+        BatchShapingLoss(dim="batch")
+    with pytest.raises(ValueError, match=r"2-D \(N, G\).*3-D.*dim=0"):
+        BatchShapingLoss()(torch.rand(4, 3, 2))
 
 
 # ---- L0 loss -----------------------------------------------------------------------------------------------
