@@ -49,7 +49,7 @@ DEFAULT_IMAGENET_ALIGN = 8
 
 #: ImageNet ResNets run a block channels_last (NHWC) when its input has at least this many pixels (layer1,
 #: layer2 and the first block of layer3 at 224x224), NCHW below: oneDNN's NHWC 3x3 convs are faster on the
-#: big maps and slower on the small, wide ones (benchmarks/probes/micro_conv_layout.py); 1x1 convs are
+#: big maps and slower on the small, wide ones (benchmarks/README.md, "Decisions and why"); 1x1 convs are
 #: GEMMs that read either layout.
 NHWC_MIN_PIXELS = 28 * 28
 NEVER = 2**62  # a pixel count no input reaches: NCHW throughout (CIFAR ResNets)

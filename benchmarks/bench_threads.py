@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per process first")
     ap.add_argument("--out", type=Path, default=RESULTS / "threads.json")
     args = ap.parse_args()
-    from batchshaping.runtime import machine_description
+    from benchmarks.common import machine
 
     alone = {m: run_window([(m, 2)], args.seconds, args.warmup)[m] for m in MODELS}
     side_by_side = run_window([(m, 1) for m in MODELS], args.seconds, args.warmup)
@@ -106,9 +106,8 @@ def main() -> None:
         "steps_per_s_side_by_side_1_thread": side_by_side,
         "share_of_alone": share,
         "sum_of_shares": gain,
-        "machine": machine_description(torch.device("cpu")),
+        "machine": machine(),
         "load_average_after": os.getloadavg(),
-        "torch": torch.__version__,
         "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

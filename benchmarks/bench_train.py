@@ -28,10 +28,10 @@ import batchshaping as bs
 from batchshaping.config import TrainConfig
 from batchshaping.data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader
 from batchshaping.macs import MacCounter
-from batchshaping.runtime import machine_description
 from batchshaping.step import TrainStep, sgd
 from batchshaping.tasks import ClassificationTask
 from batchshaping.train import train_epoch
+from benchmarks.common import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -178,11 +178,10 @@ def main() -> None:
     parts, precisions = args.parts.split(","), args.precisions.split(",")
     path = RESULTS / "train.json"
     out = json.loads(path.read_text()) if path.is_file() else {}
-    where = {
-        "machine": machine_description(torch.device("cpu")),
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
+    where = {"machine": machine()}
+    if "gate" in parts or "pipeline" in parts:
+        for old_key in ("torch", "cpu_capability"):  # now inside "machine"
+            out.pop(old_key, None)
     if "gate" in parts:
         out.update(where, gate_overhead=gate_overhead(args.batch, args.repeats, precisions))
     if "pipeline" in parts:

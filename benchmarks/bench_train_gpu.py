@@ -18,21 +18,14 @@ random numbers) and records the largest relative differences of the per-step los
 needs both < --check-tol and the path taken being the one asked for (a failed capture falls back to eager and
 says why on stdout).
 
---streams N (N > 1) also measures N runs of each fast path in ONE process, each with its own model, data and
-CUDA stream, stepped in lockstep (each step of each run issued on its stream: a captured step is one graph
-launch, so the runs' kernels may overlap on the GPU): the epoch time of the N runs together against one run
-alone says whether one process can train several small runs at once (processes share a GPU by time
-slices; CUDA MPS, which would let them overlap, is not used).
-
 One JSON record per measurement is appended to --out (default benchmarks/results/train_gpu.jsonl):
-kind "check" | "timing" | "profile" | "concurrent" | "streams", model, path (taken) and requested_path,
+kind "check" | "timing" | "profile" | "concurrent", model, path (taken) and requested_path,
 device name, median_epoch_s, epoch_s, warmup_s, images_per_s, concurrent (training processes sharing the GPU),
 gpu_sharing (nvidia-smi compute mode, other processes on the GPU, MPS), versions, git commit, time.
 
     python -m benchmarks.bench_train_gpu                              # check, then every model and path
     python -m benchmarks.bench_train_gpu --models gated_resnet32 --paths eager,captured --epochs 3
     python -m benchmarks.bench_train_gpu --concurrent 4 --paths captured   # 4 processes on one GPU at once
-    python -m benchmarks.bench_train_gpu --streams 3 --paths captured      # 3 runs in one process
     python -m benchmarks.bench_train_gpu --profile                    # + torch.profiler tables, launches/step
     python -m benchmarks.bench_train_gpu --dry-run --out /tmp/t.jsonl   # the logic on CPU, tiny model
 
@@ -44,7 +37,6 @@ and the compiled ones with the aot_eager backend: it checks the logic, not the s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime
 import gc
@@ -56,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +61,7 @@ from batchshaping.macs import MacCounter
 from batchshaping.models import GateConfig, create_model, model_info
 from batchshaping.models.cifar_resnet import CifarResNet
 from batchshaping.runtime import resolve_precision, seed_everything
-from batchshaping.step import STATS, TrainStep, schedule, sgd
+from batchshaping.step import TrainStep, schedule, sgd
 from batchshaping.tasks import ClassificationTask
 from batchshaping.train import train_epoch
 
@@ -112,7 +103,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="torch.profiler over --profile-steps per run")
     ap.add_argument("--profile-steps", type=int, default=10)
     ap.add_argument("--concurrent", type=int, default=1, help="training processes at once on the GPU")
-    ap.add_argument("--streams", type=int, default=1, help="also N runs in one process, a stream each")
     ap.add_argument("--budget-s", type=float, default=540.0, help="start no measurement after this")
     ap.add_argument("--out", type=Path, default=RESULTS, help="JSON lines file the records are appended to")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny model, 2 steps: the logic only")
@@ -436,49 +426,6 @@ def concurrent(name: str, path: str, args: argparse.Namespace, env: dict) -> lis
     return records + [aggregate]
 
 
-def streams(name: str, path: str, args: argparse.Namespace, device: torch.device, env: dict) -> dict:
-    """--streams N runs of (name, path) in this process, in lockstep, each on its own CUDA stream (data
-    augmentation included): seconds per epoch of all N together."""
-    cuda = device.type == "cuda"
-    runs = []
-    for _ in range(args.streams):  # built and warmed up one after another (capture: one at a time)
-        cfg, eager = setup(name, args, device)
-        loader = synthetic_loader(args, device)
-        stream = torch.cuda.Stream(device) if cuda else None
-        with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
-            step = make_step(path, eager, args)
-            warm_up(step, loader, cfg, args.warmup_steps, 0)
-        sums = torch.zeros(len(STATS) + 1, device=device)
-        runs.append(types.SimpleNamespace(cfg=cfg, loader=loader, stream=stream, step=step, sums=sums))
-    sync(device)
-    times = []
-    for k in range(args.epochs):
-        t0 = time.perf_counter()
-        iters = []
-        for r in runs:
-            r.loader.set_epoch(k + 1)
-            iters.append(iter(r.loader))
-        for i in range(len(runs[0].loader)):
-            for r, it in zip(runs, iters, strict=True):
-                with torch.cuda.stream(r.stream) if cuda else contextlib.nullcontext():
-                    x, y = next(it)  # the batch's augmentation runs on the run's stream too
-                    r.sums += r.step(x, y, *schedule(r.cfg, (k + i / len(r.loader)) / r.cfg.epochs))
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    finite = all(bool(torch.isfinite(r.sums).all()) for r in runs)
-    median = statistics.median(times)
-    return {
-        "kind": "streams",
-        **base_record(name, path, runs[0].step, args, env),
-        "streams": args.streams,
-        "paths": [getattr(r.step, "path", "eager") for r in runs],
-        "median_epoch_s": median,
-        "epoch_s": times,
-        "images_per_s_total": args.streams * len(runs[0].loader) * args.batch / median,
-        "finite": finite,
-    }
-
-
 def wait(proc: subprocess.Popen, timeout_s: float) -> int:
     try:
         return proc.wait(timeout=timeout_s)
@@ -548,8 +495,6 @@ def summary(r: dict) -> str:
     if r["kind"] == "profile":
         kernels, graphs = r["kernel_launches_per_step"], r["graph_launches_per_step"]
         return f"{kernels:.0f} kernel + {graphs:.0f} graph launches/step"
-    if r["kind"] == "streams":
-        return f"{r['streams']} runs in one process: {r['median_epoch_s']:.3f} s/epoch for all"
     return f"{r['concurrent']} processes: {r['images_per_s_total']:.0f} img/s in all"
 
 
@@ -581,8 +526,6 @@ def main(argv: list[str] | None = None) -> int:
                 emit(concurrent(name, path, args, env), args.out)
             else:
                 emit(measure(name, path, args, device, env), args.out)
-            if args.streams > 1 and path != "eager" and time.monotonic() - t0 <= args.budget_s:
-                emit([streams(name, path, args, device, env)], args.out)
             gc.collect()  # the last step's graph, model and data (a FastTrainStep holds reference cycles)
             if device.type == "cuda":
                 torch.cuda.empty_cache()

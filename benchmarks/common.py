@@ -1,8 +1,7 @@
-"""What the benchmark scripts share: test images, untrained-gate calibration, timers, machine description.
+"""What the benchmark scripts share: test images, untrained-gate calibration, a timer, the machine record.
 
-Every script runs as a module from the repository root, e.g. ``python -m benchmarks.latency`` or
-``python -m benchmarks.probes.profile_block``: the root is then on sys.path, so ``batchshaping`` and this
-module import without installing or editing sys.path.
+Every script runs as a module from the repository root, e.g. ``python -m benchmarks.latency``: the root is
+then on sys.path, so ``batchshaping`` and this module import without installing or editing sys.path.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from batchshaping.models.cifar_resnet import CifarResNet
 from batchshaping.runtime import machine_description
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Default cifar10_test.npz: the git-ignored copy carried to a device machine, else the shared data folder.
+#: Default cifar10_test.npz: .devdata/ (git-ignored) if it holds one, else ../shared/data/cifar10.
 CIFAR_TEST = ROOT / ".devdata" / "cifar10_test.npz"
 if not CIFAR_TEST.is_file():
     CIFAR_TEST = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_test.npz"
@@ -119,18 +118,6 @@ def dense_twin(gated: nn.Module) -> nn.Module:
 
 
 @torch.inference_mode()
-def block_inputs(core: nn.Module, x: Tensor) -> list[Tensor]:
-    """The input of every block of a compiled network's ``core`` for the image x (1, 3, H, W); leaves each
-    conditional block's ``last_mask`` at its gates for x."""
-    h = core.stem_forward(x)
-    out = []
-    for block in core.blocks.children():
-        out.append(h)
-        h = block(h)
-    return out
-
-
-@torch.inference_mode()
 def time_variants(
     fns: dict[str, Callable[[Tensor], Tensor]], x: Tensor, warmup: Tensor, repeats: int, budget_s: float
 ) -> tuple[dict[str, dict[str, float]], int, int]:
@@ -180,25 +167,10 @@ def time_variants(
     return lat, len(use), min(len(wall[names[0]][i]) - 1 for i in use)
 
 
-def median_ms(
-    fn: Callable[..., object], *args: object, n: int = 25, warmup: int = 3, flush: Tensor | None = None
-) -> float:
-    """Median thread CPU time of fn(*args) in ms over n calls after ``warmup`` calls; with ``flush`` (a
-    buffer bigger than the caches) written before every timed call, the inputs come from memory."""
-    for _ in range(warmup):
-        fn(*args)
-    times = []
-    for _ in range(n):
-        if flush is not None:
-            flush.add_(1.0)
-        t0 = time.thread_time()
-        fn(*args)
-        times.append(time.thread_time() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def machine() -> dict[str, str]:
-    """The machine and software a result was measured with, for the JSON files."""
+    """The machine and software a result was measured with, for the JSON files: the CPU as
+    :func:`batchshaping.runtime.machine_description` names it (the one description), torch's CPU capability,
+    torch and Python versions."""
     return {
         "cpu": machine_description(torch.device("cpu")),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

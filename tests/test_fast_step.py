@@ -472,8 +472,6 @@ def test_gpu_benchmark_dry_run_checks_times_and_profiles(tmp_path):
         "--paths",
         "eager,captured",
         "--profile",
-        "--streams",
-        "2",
         "--out",
         str(out),
     ]
@@ -485,10 +483,8 @@ def test_gpu_benchmark_dry_run_checks_times_and_profiles(tmp_path):
         ("profile", "eager"),
         ("timing", "captured"),
         ("profile", "captured"),
-        ("streams", "captured"),  # fast paths only: 2 runs in this process
     ]
-    check, timing, two = records[0], records[3], records[5]
-    assert two["streams"] == 2 and len(two["paths"]) == 2 and two["finite"] and two["median_epoch_s"] > 0
+    check, timing = records[0], records[3]
     assert check["ok"] and check["max_rel_param_diff"] < 1e-4 and len(check["losses"]) == 3
     assert timing["path"] == "eager" and timing["dry_run"] and timing["concurrent"] == 1  # no capture on CPU
     assert timing["median_epoch_s"] > 0 and timing["steps_per_epoch"] == 2 and timing["w_bs"] > 0
