@@ -40,10 +40,6 @@ from batchshaping.priors import (
     Prior,
     RelaxedBernoulliPrior,
     SymBetaPrior,
-    _betainc,
-    _cdf_table,
-    _cf_terms,
-    _log_beta,
 )
 
 __all__ = [
@@ -56,8 +52,6 @@ __all__ = [
     "l0_loss",
     "mac_target_loss",
 ]
-# Kept importable from here (moved to batchshaping.priors).
-_MOVED = (_betainc, _cdf_table, _cf_terms, _log_beta)
 
 #: Default clip of the prior density in the batch-shaping gradient (the authors' reference code clips the
 #: density to [1e-3, 100]), see :class:`BatchShapingLoss`.

@@ -29,10 +29,8 @@ from batchshaping.checkpoint import TrainingState
 from batchshaping.config import ConfigError, TrainConfig, dump_config, parse_duration
 from batchshaping.data import Data
 from batchshaping.evaluation import evaluate
-from batchshaping.gates import gate_outputs
 from batchshaping.macs import MacCounter
 from batchshaping.runtime import (
-    autocast,
     init_distributed,
     machine_description,
     resolve_device,
@@ -213,8 +211,10 @@ class MacBudget:
 
     GAIN, LIMIT, IMAGES = 0.5, 0.2, 1024
 
-    def __init__(self, step: TrainStep, cfg: TrainConfig, images: list[Tensor], state: TrainingState) -> None:
-        self.step, self.cfg, self.images = step, cfg, images
+    def __init__(
+        self, step: TrainStep, cfg: TrainConfig, batches: list[tuple[Tensor, Tensor]], state: TrainingState
+    ) -> None:
+        self.step, self.cfg, self.batches = step, cfg, batches
         self.target = float(cfg.loss.macs_target)  # type: ignore[arg-type]
         step.macs_goal.fill_(self.target + state.macs_correction)
 
@@ -230,32 +230,21 @@ class MacBudget:
 
             x, y = data.train[0][: cls.IMAGES], data.train[1][: cls.IMAGES]
             mean, std = train_loader.mean, train_loader.std
-            loader = as_loader((x, y), cfg.data.eval_batch_size, False, step.device, mean, std)
-            images = [xb for xb, _ in loader]
+            batches = list(as_loader((x, y), cfg.data.eval_batch_size, False, step.device, mean, std))
         else:
             with torch.random.fork_rng(devices=[step.device] if step.device.type == "cuda" else []):
-                images, n = [], 0
-                for xb, _ in train_loader:
-                    images.append(xb)
+                batches, n = [], 0
+                for xb, yb in train_loader:
+                    batches.append((xb, yb))
                     n += len(xb)
                     if n >= cls.IMAGES:
                         break
-        return cls(step, cfg, images, state)
+        return cls(step, cfg, batches, state)
 
-    @torch.no_grad()
     def measure(self) -> float:
-        """Mean MAC ratio (of the dense MACs) of the calibration images, gates as evaluation sets them."""
-        model, counter = self.step.model, self.step.counter
-        was_training = model.training
-        model.eval()
-        total, n = 0.0, 0
-        for x in self.images:
-            with autocast(self.step.device, self.step.amp_dtype):
-                model(x)
-            total += float(counter.conditional(gate_outputs(model)).sum())
-            n += len(x)
-        model.train(was_training)
-        return total / n / counter.dense
+        """Mean MAC ratio (of the dense MACs) of the calibration images: the evaluation pass's count."""
+        s = self.step
+        return evaluate(s.model, self.batches, s.counter, s.task, s.amp_dtype)["mac_ratio"]
 
     def after_epoch(self, epoch: int, state: TrainingState, distributed: bool) -> dict[str, float]:
         """Measure and correct after ``epoch`` (1-based) once the weight is full; the values for the log."""
@@ -265,9 +254,7 @@ class MacBudget:
         correction = state.macs_correction + self.GAIN * (self.target - ratio)
         correction = min(self.LIMIT, max(-self.LIMIT, correction))
         if distributed:  # every rank trains to rank 0's goal
-            value = torch.tensor([correction], dtype=torch.float64, device=_collective_device())
-            dist.broadcast(value, 0)
-            correction = float(value.item())
+            correction = _from_rank0(correction)
         state.macs_correction = correction
         self.step.macs_goal.fill_(self.target + correction)
         return {"macs_calibration_ratio": ratio, "macs_goal": self.target + correction}
@@ -305,9 +292,7 @@ class TimeLimit:
             return True
         fits = self.elapsed() + self.estimate() <= self.seconds
         if distributed:
-            flag = torch.tensor([float(fits)], device=_collective_device())
-            dist.broadcast(flag, 0)
-            fits = bool(flag.item())
+            fits = bool(_from_rank0(float(fits)))
         return fits
 
     def stop_message(self, epoch: int, epochs: int, out: Path | None) -> str:
@@ -317,6 +302,13 @@ class TimeLimit:
             f"for another epoch (~{_duration(self.estimate())} each, {_duration(self.elapsed())} elapsed); "
             + (where if out is not None else "no run folder to continue from")
         )
+
+
+def _from_rank0(value: float) -> float:
+    """Rank 0's ``value`` on every rank (a host decision that all ranks must share)."""
+    t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    dist.broadcast(t, 0)
+    return float(t.item())
 
 
 def _collective_device() -> torch.device:
