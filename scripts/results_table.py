@@ -180,11 +180,15 @@ def finetune_table(runs: list[dict], r20_macs: float) -> str:
     return FINETUNE_HEADER + "".join("\n" + finetune_row(r, r20_macs, f) for r in order)
 
 
+#: The commit whose code trained each earlier form of the budget (runs named ..._expected_..., _threshold_).
+VARIANT_CODE = {"_expected_": "e27bf71", "_threshold_": "af35359"}
+
+
 def macs_target_row(r: dict) -> str:
     """A run of scripts/macs_target_cifar10.sh. The budget's earlier forms are kept for comparison, named
     ``..._expected_...`` (the expected MACs of the training batches, no calibration) and ``..._threshold_...``
-    (gates thresholded at p > 0.5 in training mode, no calibration); their command is that of the script at
-    the commit that introduced each form."""
+    (gates thresholded at p > 0.5 in training mode, no calibration); their command checks out the commit
+    whose code trained them (VARIANT_CODE)."""
     s, loss, data = r["s"], r["cfg"]["loss"], r["cfg"]["data"]
     target, ratio = loss["macs_target"], s["mac_ratio"]
     count = (
@@ -201,6 +205,9 @@ def macs_target_row(r: dict) -> str:
         f'N={data["train_subset"]} TARGETS="{target}" WEIGHT={loss["macs_weight"]:g} EPOCHS={s["epochs"]} '
         "THREADS=1 bash scripts/macs_target_cifar10.sh"
     )
+    commit = next((c for tag, c in VARIANT_CODE.items() if tag in r["run"]), None)
+    if commit is not None:
+        cmd = f"git checkout {commit} && {cmd}"
     return (
         f"| {r['run']} | {target} | {count} | {ratio:.4f} | {100 * (ratio / target - 1):+.1f}% | "
         f"{100 * s['top1']:.2f}% | {s['macs_mean'] / 1e6:.2f} | {gates} | {s['wall_time_s'] / 60:.0f} min | "
