@@ -216,7 +216,10 @@ def evaluate_checkpoint(
     if batch_size is not None:
         cfg.data.eval_batch_size = batch_size
     data = load_data(cfg, data_dir, train=False, class_names=ckpt.get("class_names"))
-    loader = as_loader(data.test, cfg.data.eval_batch_size, False, device, data.mean, data.std)
+    # the layout and precision of the run's own evaluations, so that eval reproduces their numbers
+    model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    batch = cfg.data.eval_batch_size
+    loader = as_loader(data.test, batch, False, device, data.mean, data.std, channels_last=cfg.channels_last)
     counter = MacCounter(model, data.input_shape)
     return evaluate(model, loader, counter, data.task, resolve_precision(cfg.precision, device))
 

@@ -123,10 +123,11 @@ def collect(
     bins: int = PROB_BINS,
     *,
     task: ClassificationTask | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> PassResult:
     """Run ``model`` in eval mode over ``loader`` (normalised (x, y) batches) once, through the one
-    evaluation pass (:func:`batchshaping.evaluation.evaluate`) with ``task`` (default classification),
-    and keep the per-image records.
+    evaluation pass (:func:`batchshaping.evaluation.evaluate`) with ``task`` (default classification) and
+    ``autocast_dtype`` (None: fp32), and keep the per-image records.
 
     Gates forced with :func:`batchshaping.gates.force_gates` stay forced (masks and MACs follow the
     forced values; the probabilities are still those the gate computed).
@@ -161,7 +162,7 @@ def collect(
                 prob_sum[i] += p.sum(0)
                 hist[i] += batch_hist
 
-    metrics = evaluate(model, loader, counter, task, observe=observe)
+    metrics = evaluate(model, loader, counter, task, autocast_dtype, observe=observe)
     arrays = {k: torch.cat(v).cpu().numpy() for k, v in keep.items()}
     n = len(arrays["macs"])
     sizes = [int(t.numel()) for t in on_sum]

@@ -84,7 +84,7 @@ def _summary_section(a: dict[str, Any], macs: MacFormat) -> list[str]:
             f"{pct(fr[CONDITIONAL_CLASS])} / {pct(fr[ALWAYS_OFF_CLASS])} |",
         ]
     note = " with eval-mode (deterministic) gates; conditional MACs include the gating modules' own MACs"
-    return [*lines, "", "Evaluated in fp32" + (note if gated else "") + ".", ""]
+    return [*lines, "", f"Evaluated in {a['precision']}" + (note if gated else "") + ".", ""]
 
 
 def _no_gates_section(a: dict[str, Any], macs: MacFormat) -> list[str]:

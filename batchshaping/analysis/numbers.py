@@ -59,12 +59,13 @@ def build_analysis(
     model_name: str,
     data_name: str,
     source: dict[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """All the numbers of analysis.json from one :class:`PassResult` over N images.
 
     ``dense``: MACs of one image through the dense network; ``gate_macs``: those of the gating modules;
     ``class_names``: K names (classification: K at least the largest label + 1; segmentation: the K
-    classes of the per-class IoU).
+    classes of the per-class IoU); ``precision``: that of the pass ("fp32", "bf16", "fp16").
     """
     gated = bool(res.layer_names)
     a: dict[str, Any] = {
@@ -72,6 +73,7 @@ def build_analysis(
         "data": data_name,
         "num_images": res.num_images,
         "source": source or {},
+        "precision": precision,
         "gated": gated,
     }
     if res.segmentation:

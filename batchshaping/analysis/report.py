@@ -70,12 +70,16 @@ def analyze_checkpoint(
     """
     from batchshaping.checkpoint import load_checkpoint, model_from_checkpoint
     from batchshaping.config import ConfigError
-    from batchshaping.runtime import resolve_device
+    from batchshaping.runtime import resolve_device, resolve_precision
 
     if max_images is not None and max_images < 1:
         raise ConfigError(f"--max-images must be >= 1, got {max_images}")
     ckpt = load_checkpoint(checkpoint)  # on the CPU: the optimizer state need not visit the GPU
-    model, cfg = model_from_checkpoint(ckpt, resolve_device("auto"))
+    device = resolve_device("auto")
+    model, cfg = model_from_checkpoint(ckpt, device)
+    # The run's own precision, as its evaluations in training and `batchshaping eval` use: bf16 and fp32
+    # can set a gate near its threshold differently, so the analysis reports the numbers eval reports.
+    autocast_dtype = resolve_precision(cfg.precision, device)
     source = {
         "checkpoint": str(checkpoint),
         "epoch": int(ckpt["epoch"]),
@@ -109,8 +113,13 @@ def analyze_checkpoint(
     analysis = analyze_data(
         model, data, out_path, model_name=cfg.model, data_name=data_name,
         batch_size=cfg.data.eval_batch_size, source=source, make_plots=make_plots,
+        autocast_dtype=autocast_dtype, channels_last=cfg.channels_last,
     )  # fmt: skip
     return written_files(out_path, analysis)
+
+
+def _precision_name(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def _test_split(
@@ -190,10 +199,13 @@ def analyze_data(
     batch_size: int = 500,
     source: dict[str, Any] | None = None,
     make_plots: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = True,
 ) -> dict[str, Any]:
-    """Analyse ``model`` (any device; evaluated in eval mode, fp32, its weights moved to channels_last) on
-    ``data.test`` with ``data.task``; write the outputs into ``out`` (the files :func:`written_files`
-    lists). Returns the analysis.json dict.
+    """Analyse ``model`` (any device; evaluated in eval mode under autocast to ``autocast_dtype``, None:
+    fp32; weights and batches channels_last unless ``channels_last=False``) on ``data.test`` with
+    ``data.task``; write the outputs into ``out`` (the files :func:`written_files` lists). Returns the
+    analysis.json dict.
 
     ``batch_size`` applies to tensor data (a DataLoader has its own). ``make_plots=False`` writes the
     numbers (analysis.json, per_image.npz, a report without figures) only.
@@ -203,16 +215,19 @@ def analyze_data(
     t0 = time.perf_counter()
     out = prepare_out(out)
     device = next(model.parameters()).device
-    # channels_last as in training (faster convolutions on CPU); the gates' decisions do not change.
-    model.to(memory_format=torch.channels_last)
-    loader = as_loader(data.test, batch_size, False, device, data.mean, data.std, channels_last=True)
+    # channels_last as in training by default (faster convolutions on CPU)
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    loader = as_loader(data.test, batch_size, False, device, data.mean, data.std, channels_last=channels_last)
     shape = data.input_shape or tuple(next(iter(loader))[0].shape[1:])
     counter = MacCounter(model, shape)
-    res = collect(model, loader, counter, task=data.task)
+    res = collect(model, loader, counter, task=data.task, autocast_dtype=autocast_dtype)
     t_pass = time.perf_counter() - t0
 
     names = _class_names(res, data.task)
-    analysis = build_analysis(res, counter.dense, counter.gate_macs, names, model_name, data_name, source)
+    analysis = build_analysis(
+        res, counter.dense, counter.gate_macs, names, model_name, data_name, source,
+        precision=_precision_name(autocast_dtype),
+    )  # fmt: skip
     t1 = time.perf_counter()
     images = image_source(data.test, data.mean, data.std)
     analysis["plots"] = write_plots(res, analysis, images, out) if analysis["gated"] and make_plots else {}

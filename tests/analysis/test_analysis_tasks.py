@@ -132,3 +132,22 @@ def test_many_classes_show_those_with_the_most_and_the_fewest_macs():
     assert [c["label"] for c in shown] == [*range(99, 79, -1), *range(19, -1, -1)]
     assert "100 classes, 99 with images" in note
     assert classes_shown(per_class[:MAX_CLASSES_SHOWN]) == (per_class[:MAX_CLASSES_SHOWN], None)
+
+
+def test_analyze_and_eval_use_the_runs_precision_and_layout_and_agree(tmp_path):
+    """A run trained in bf16, channels_last: analyze evaluates like `batchshaping eval` (and the run's own
+    evaluations) -- bf16 autocast, channels_last -- so both report the same top-1 and MACs, and the report
+    says which precision it used."""
+    from batchshaping.analysis import analyze_checkpoint
+
+    root = write_imagenet(tmp_path / "imagenet")
+    sets = [f"data.root={root}", "data.image_size=32", "data.eval_batch_size=4"]
+    sets += ["precision=bf16", "channels_last=true"]
+    ckpt = checkpoint("imagenet_gated_resnet18", sets, tmp_path / "run" / "last.pt", 3, CLASSES)
+    out = tmp_path / "report"
+    analyze_checkpoint(ckpt, out, make_plots=False)
+    a = json.loads((out / "analysis.json").read_text())
+    ev = evaluate_checkpoint(ckpt)
+    assert a["precision"] == "bf16" and "Evaluated in bf16" in (out / "report.md").read_text()
+    assert a["top1"] == ev["top1"] and a["macs"]["mean"] == ev["macs_mean"]
+    assert a["gates"]["layers"][0]["counts"]["conditional"] > 0  # the planted gates depend on the image
