@@ -6,9 +6,9 @@ cropping before normalising makes the zero padding black pixels, exactly like to
 ``RandomCrop(32, padding=4) -> RandomHorizontalFlip() -> ToTensor() -> Normalize()``.
 
 Cropping is a single flat ``index_select`` from a zero-padded copy, with per-image row/column indices;
-the horizontal flip is folded into the column indices, so crop + flip cost one gather (the fastest of the
-alternatives measured, see benchmarks/README.md). On a GPU it is a handful of kernels with no host
-synchronisation (grouping by offset would need ``unique``/``nonzero``, which synchronise).
+the horizontal flip is folded into the column indices, so crop + flip cost one gather. On a GPU it is a
+handful of kernels with no host synchronisation (grouping by offset would need ``unique``/``nonzero``, which
+synchronise).
 """
 
 from __future__ import annotations
