@@ -24,7 +24,8 @@ PAPER = ROOT / "results" / "cifar10_paper"
 GPU36 = ROOT / "results" / "cifar10"
 PLOT = PAPER / "progress.png"
 MARKERS = ("<!-- paper-cpu:begin -->", "<!-- paper-cpu:end -->")
-COLORS = {"resnet20": "#4C72B0", "gated_resnet32": "#DD8452"}  # one colour per model, CPU and GPU alike
+# one colour per model (gated without batch-shaping apart), CPU and GPU alike
+COLORS = {"resnet20": "#4C72B0", "gated_resnet32": "#DD8452", "gated_resnet32, no BS": "#55A868"}
 HEADER = (
     "| run | model | sparsity term | epochs done | last test (epoch) | top-1 | mean MMACs "
     "| ratio to resnet20 | gates on / off / cond. (%) | training time | pieces: machine, precision, step |\n"
@@ -55,8 +56,16 @@ def sparsity(cfg: dict) -> str:
         parts.append(f"MAC target {loss['macs_target']} (weight {loss['macs_weight']:g})")
     if loss["l0_weight"] > 0:
         parts.append(f"L0 {loss['l0_weight']:g}")
-    bs = f"BS {loss['bs_weight']:g} to {round(loss['bs_end'] * cfg['epochs'])} ep"
-    return ", ".join([bs, *parts]) if parts else bs
+    if loss["bs_weight"] > 0:
+        parts.insert(0, f"BS {loss['bs_weight']:g} to {round(loss['bs_end'] * cfg['epochs'])} ep")
+    else:
+        parts.insert(0, "no BS")
+    return ", ".join(parts)
+
+
+def color(cfg: dict) -> str | None:
+    no_bs = cfg["model"].startswith("gated_") and cfg["loss"]["bs_weight"] == 0
+    return COLORS.get(cfg["model"] + (", no BS" if no_bs else ""))
 
 
 def pieces(history: list[dict]) -> str:
@@ -108,12 +117,12 @@ def main() -> None:
         return
     curves = []
     for r in runs:
-        style = {"color": COLORS.get(r["cfg"]["model"]), "marker": "o", "ms": 3}
+        style = {"color": color(r["cfg"]), "marker": "o", "ms": 3}
         curves.append({"label": r["run"], "epochs": r["cfg"]["epochs"], "log": r["log"], "style": style})
     for d in sorted(GPU36.glob("*_e36_gpu")):
         if d.name.startswith(("resnet20", "gated_resnet32_bs_")):
             cfg = yaml.safe_load((d / "config.yaml").read_text())
-            style = {"color": COLORS.get(cfg["model"]), "ls": "--", "lw": 1.0}
+            style = {"color": color(cfg), "ls": "--", "lw": 1.0}
             log = _jsonl(d / "log.jsonl")
             curves.append({"label": d.name, "epochs": cfg["epochs"], "log": log, "style": style})
     title = "CIFAR-10, the paper's recipe: 500-epoch runs on CPU (solid) and 36-epoch GPU runs (dashed)"
