@@ -1,5 +1,6 @@
 """Build the measured-results tables of RESULTS.md, and the headline of README.md, from
-results/cifar10/<run>/{summary.json,config.yaml}.
+results/cifar10/<run>/{summary.json,config.yaml} and the finished runs of the paper's recipe trained in
+pieces on CPU (results/cifar10_paper/, scripts/paper_cifar10_cpu.sh).
 
     python scripts/results_table.py            # prints the tables and the headline
     python scripts/results_table.py --write    # replaces them between their markers in RESULTS.md / README.md
@@ -54,13 +55,15 @@ HEADER = (
 )
 
 
-def load_runs(results: Path) -> list[dict]:
-    """One dict per run folder: name, summary, config, whether gated."""
+def load_runs(results: Path, pieces: bool = False) -> list[dict]:
+    """One dict per finished run folder: name, summary, config, whether gated, and ``pieces``: a run of the
+    paper's recipe trained in pieces by scripts/paper_cifar10_cpu.sh (results/cifar10_paper/)."""
     runs = []
     for d in sorted(p for p in results.iterdir() if (p / "summary.json").exists()):
         s = json.loads((d / "summary.json").read_text())
         cfg = yaml.safe_load((d / "config.yaml").read_text())
-        runs.append({"run": d.name, "s": s, "cfg": cfg, "gated": bs.model_info(s["model"]).gated})
+        gated = bs.model_info(s["model"]).gated
+        runs.append({"run": d.name, "s": s, "cfg": cfg, "gated": gated, "pieces": pieces})
     return runs
 
 
@@ -86,18 +89,23 @@ def row(r: dict, r20_macs: float) -> str:
     else:
         bs = f"{loss['bs_weight']} (first {loss['bs_end']:.0%})" if loss["bs_weight"] else "0"
         l0 = loss["l0_weight"]
+        if loss.get("macs_target") is not None:
+            l0 = f"{l0} (MAC target {loss['macs_target']})"
+    command = f"{env} bash scripts/reproduce_cifar10.sh {name}"
+    if r["pieces"]:
+        command = "MAX_TIME=2h30m bash scripts/paper_cifar10_cpu.sh"  # repeated until the runs finish
     return (
         f"| {r['run']} | {s['model']} | {bs} | {l0} | {100 * s['top1']:.2f}% | "
         f"{s['macs_mean'] / 1e6:.2f} | "
         f"{s['mac_ratio']:.3f} | {s['macs_mean'] / r20_macs:.3f} | {gates} | {epochs} | "
         f"{s['wall_time_s'] / 60:.0f} min | {s.get('machine', s['device'])} ({s['precision']}) | "
-        f"`{env} bash scripts/reproduce_cifar10.sh {name}` |"
+        f"`{command}` |"
     )
 
 
 def paper(r: dict) -> bool:
-    """A run of the paper's recipes (scripts/reproduce_cifar10.sh with RECIPE=paper)."""
-    return "_paper_e" in r["run"]
+    """A run of the paper's recipes (scripts/reproduce_cifar10.sh with RECIPE=paper, or trained in pieces)."""
+    return r["pieces"] or "_paper_e" in r["run"]
 
 
 def protocol(r: dict) -> tuple[int, str, str]:
@@ -232,10 +240,13 @@ def replace(path: Path, begin: str, end: str, body: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "cifar10")
+    ap.add_argument("--paper", type=Path, default=ROOT / "results" / "cifar10_paper")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     r20_macs = bs.dense_macs(bs.create_model("resnet20"), (3, 32, 32))
     runs = load_runs(args.results)
+    if args.paper.is_dir():
+        runs += load_runs(args.paper, pieces=True)
     finetune = args.results.parent / "cifar10_finetune"
     body = {"RESULTS.md": tables(runs, r20_macs), "README.md": headline(runs, r20_macs)}
     if finetune.is_dir():

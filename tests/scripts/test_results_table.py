@@ -13,7 +13,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import results_table  # noqa: E402
 
 
-def fake_run(results: Path, name: str, model: str, epochs: int, macs: float, top1: float, cfg: str) -> None:
+def fake_run(
+    results: Path, name: str, model: str, epochs: int, macs: float, top1: float, cfg: str, **loss_keys
+) -> None:
     d = results / name
     d.mkdir(parents=True)
     gates = {"gates_always_on": 0.1, "gates_always_off": 0.0, "gates_conditional": 0.9}
@@ -31,7 +33,7 @@ def fake_run(results: Path, name: str, model: str, epochs: int, macs: float, top
         **gates,
     }
     (d / "summary.json").write_text(json.dumps(summary))
-    loss = {"bs_weight": 0.75, "bs_end": 0.2, "l0_weight": 0.0006}
+    loss = {"bs_weight": 0.75, "bs_end": 0.2, "l0_weight": 0.0006, **loss_keys}
     (d / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "loss": loss}))
 
 
@@ -72,3 +74,26 @@ def test_macs_target_table_says_how_far_each_run_ended_from_its_budget(tmp_path)
     row = text.splitlines()[-1]
     assert "| 0.5 | expected MACs, calibrated in evaluation mode | 0.5100 | +2.0% | 40.00% |" in row
     assert '`N=5000 TARGETS="0.5" WEIGHT=20 EPOCHS=30 THREADS=1 bash scripts/macs_target_cifar10.sh`' in row
+
+
+def test_runs_trained_in_pieces_join_the_tables_with_their_command_budget_and_the_headline(tmp_path):
+    results, pieces = tmp_path / "cifar10", tmp_path / "cifar10_paper"
+    shutil.copytree(ROOT / "results" / "cifar10" / "resnet20_e36_gpu", results / "resnet20_e36_gpu")
+    fake_run(pieces, "resnet20_e500", "resnet20", 500, 40.55e6, 0.918, "cifar10_resnet20")
+    budget = {"l0_weight": 0.0, "macs_target": 0.585}
+    fake_run(pieces, "gated_resnet32_budget0.585_e500", "gated_resnet32", 500, 40.1e6, 0.922, "b", **budget)
+    fake_run(pieces, "unfinished_e500", "gated_resnet32", 500, 40e6, 0.93, "b")
+    (pieces / "unfinished_e500" / "summary.json").unlink()  # a run still training has no summary.json
+    runs = results_table.load_runs(results) + results_table.load_runs(pieces, pieces=True)
+    text = results_table.tables(runs, 40.55e6)
+    assert "**500-epoch GPU runs of the paper's recipe**" in text  # fake_run's device is CUDA
+    assert (
+        "| gated_resnet32_budget0.585_e500 | gated_resnet32 | 0.75 (first 20%) | 0.0 (MAC target 0.585) |"
+        in text
+    )
+    assert (
+        text.count("`MAX_TIME=2h30m bash scripts/paper_cifar10_cpu.sh` |") == 2 and "unfinished" not in text
+    )
+    head = results_table.headline(runs, 40.55e6)
+    assert head.startswith("Headline (500-epoch GPU runs of the paper's recipe")
+    assert "| resnet20_e500 |" in head and "| gated_resnet32_budget0.585_e500 |" in head
