@@ -68,7 +68,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from batchshaping.experiment import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(args.checkpoint, args.data_dir, args.batch_size, args.download)
+    metrics = evaluate_checkpoint(
+        args.checkpoint, args.data_dir, args.batch_size, args.download, args.max_images
+    )
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -126,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="a .pt file or a run folder (its last.pt)")
     e.add_argument("--data-dir", help="dataset folder (default: the one the run was trained on)")
     e.add_argument("--batch-size", type=_positive_int, help="default: the config's data.eval_batch_size")
+    e.add_argument(
+        "--max-images", type=_positive_int, default=None, help="evaluate only the first N test images"
+    )
     e.add_argument(
         "--download", action="store_true", help="download the official CIFAR-10 archive if missing"
     )

@@ -200,10 +200,15 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def evaluate_checkpoint(
-    path: str | Path, data_dir: str | None = None, batch_size: int | None = None, download: bool = False
+    path: str | Path,
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+    download: bool = False,
+    max_images: int | None = None,
 ) -> dict[str, Any]:
     """``batchshaping eval``: the task metrics, conditional MACs and gate statistics of a checkpoint on its
-    data set's test split (found as in training: ``data_dir``, else the folder the run was trained on)."""
+    data set's test split (found as in training: ``data_dir``, else the folder the run was trained on), or
+    on its first ``max_images`` images."""
     from batchshaping.data import as_loader
     from batchshaping.evaluation import evaluate
     from batchshaping.macs import MacCounter
@@ -212,7 +217,7 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(path)
     model, cfg = model_from_checkpoint(ckpt, device)
     cfg.data.download = download
-    cfg.data.train_subset = cfg.data.test_subset = None  # the whole test split
+    cfg.data.train_subset, cfg.data.test_subset = None, max_images  # None: the whole test split
     if batch_size is not None:
         cfg.data.eval_batch_size = batch_size
     data = load_data(cfg, data_dir, train=False, class_names=ckpt.get("class_names"))

@@ -170,7 +170,12 @@ def test_a_batch_larger_than_the_training_set_is_a_one_line_error(tmp_path, cifa
 
 
 @pytest.mark.parametrize(
-    "args", [["eval", "x.pt", "--batch-size", "0"], ["analyze", "x.pt", "--out", "o", "--max-images", "-1"]]
+    "args",
+    [
+        ["eval", "x.pt", "--batch-size", "0"],
+        ["eval", "x.pt", "--max-images", "0"],
+        ["analyze", "x.pt", "--out", "o", "--max-images", "-1"],
+    ],
 )
 def test_eval_and_analyze_refuse_counts_below_one_with_a_usage_line(args, capsys):
     with pytest.raises(SystemExit) as e:

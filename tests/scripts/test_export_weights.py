@@ -39,3 +39,35 @@ def test_an_unfinished_run_is_refused(tmp_path):
     (run / "summary.json").unlink()
     with pytest.raises(SystemExit, match="has not finished"):
         export_weights.main([str(run), "--out", str(tmp_path / "w")])
+
+
+def test_check_evaluates_the_exported_weights_like_eval_and_fails_when_they_differ(
+    tmp_path, capsys, cifar_dir
+):
+    """A run trained by the CLI on CIFAR-10 in bf16, channels_last (as the paper runs): `eval` of its exported
+    weights gives the run's own top-1 and MACs; a summary that says otherwise fails the check."""
+    from batchshaping.cli import main as cli
+
+    run = tmp_path / "runs" / "g_e1"
+    sets = ["epochs=1", "data.train_subset=64", "data.test_subset=48", "data.batch_size=16", "precision=bf16"]
+    sets += ["data.eval_batch_size=16", "threads=1"]
+    argv = [
+        "train",
+        "--config",
+        "cifar10_gated_resnet20_cpu",
+        "--data-dir",
+        str(cifar_dir),
+        "--out",
+        str(run),
+    ]
+    assert cli(argv + [a for s in sets for a in ("--set", s)]) == 0
+    out = tmp_path / "weights"
+    assert export_weights.main([str(run), "--out", str(out), "--check"]) == 0
+    entry = json.loads((out / "manifest.json").read_text())["weights"][0]
+    c = entry["eval_check"]
+    assert c["ok"] and c["top1"] == entry["top1"] and c["macs_mean"] == entry["macs_mean"]
+    assert "batchshaping eval: agrees" in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps(summary | {"top1": summary["top1"] + 0.01}))
+    assert export_weights.main([str(run), "--out", str(out), "--check"]) == 1
+    assert "does not reproduce the runs' numbers: g_e1" in capsys.readouterr().err
