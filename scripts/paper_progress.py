@@ -1,6 +1,7 @@
 """Progress of the paper-length CIFAR-10 runs trained in pieces on CPU (results/cifar10_paper/<run>/):
 a table of where each run stands, and a plot of test top-1 and mean MACs over training against each other
-and the 36-epoch GPU runs (results/cifar10/*_e36_gpu).
+and the 36-epoch GPU runs (results/cifar10/*_e36_gpu); once resnet20 and a batch-shaping gated run have
+finished, the verdict on the paper's claim (a) under the table.
 
     python scripts/paper_progress.py            # prints the table
     python scripts/paper_progress.py --write     # and replaces it in RESULTS.md, writes the plot
@@ -39,11 +40,13 @@ def _jsonl(path: Path) -> list[dict]:
 
 def load(folder: Path) -> dict:
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    summary = folder / "summary.json"
     return {
         "run": folder.name,
         "cfg": cfg,
         "log": _jsonl(folder / "log.jsonl"),
         "history": _jsonl(folder / "history.jsonl"),
+        "summary": json.loads(summary.read_text()) if summary.exists() else None,  # written when finished
     }
 
 
@@ -104,6 +107,31 @@ def row(r: dict, r20_macs: float) -> str:
     )
 
 
+def verdict(runs: list[dict]) -> str | None:
+    """Claim (a) once resnet20 and a batch-shaping gated_resnet32 run have finished: is the gated network at
+    or below resnet20's mean MACs more accurate? None before."""
+    done = [r for r in runs if r["summary"]]
+    dense = [r for r in done if r["cfg"]["model"] == "resnet20"]
+    gated = [r for r in done if r["cfg"]["model"].startswith("gated_") and r["cfg"]["loss"]["bs_weight"] > 0]
+    if not dense or not gated:
+        return None
+    d = dense[0]["summary"]
+    lines = []
+    for r in gated:
+        g = r["summary"]
+        cheaper, better = g["macs_mean"] <= d["macs_mean"], g["top1"] > d["top1"]
+        holds = "holds" if cheaper and better else "does not hold"
+        why = [] if better else ["not more accurate"]
+        why += [] if cheaper else ["above resnet20's MACs"]
+        lines.append(
+            f"Claim (a) {holds} for {r['run']}: top-1 {100 * g['top1']:.2f}% at {g['macs_mean'] / 1e6:.2f} "
+            f"MMACs against resnet20's {100 * d['top1']:.2f}% at {d['macs_mean'] / 1e6:.2f} MMACs "
+            f"({100 * (g['top1'] - d['top1']):+.2f} points, MAC ratio {g['macs_mean'] / d['macs_mean']:.3f})"
+            + (f": {', '.join(why)}." if why else ".")
+        )
+    return "\n\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="replace the table in RESULTS.md, write the plot")
@@ -112,6 +140,9 @@ def main() -> None:
     r20 = next(r for r in runs if r["cfg"]["model"] == "resnet20" and r["log"])
     r20_macs = next(e["macs_mean"] for e in r20["log"] if "macs_mean" in e)
     table = "\n".join([HEADER, *(row(r, r20_macs) for r in runs)])
+    claim = verdict(runs)
+    if claim:
+        table += "\n\n" + claim
     print(table)
     if not args.write:
         return
