@@ -40,6 +40,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How results name an autocast dtype from :func:`resolve_precision`: "bfloat16", "float16" or "fp32"."""
+    return str(dtype).replace("torch.", "") if dtype else "fp32"
+
+
 def machine_description(device: torch.device) -> str:
     """E.g. "AMD EPYC 9B14 (no fast bf16), 2 cores, 2 threads" or the CUDA device name, for results."""
     if device.type == "cuda":

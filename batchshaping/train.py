@@ -33,6 +33,7 @@ from batchshaping.macs import MacCounter
 from batchshaping.runtime import (
     init_distributed,
     machine_description,
+    precision_name,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -120,7 +121,7 @@ def fit(
         eager_step, cfg, dist_info.world_size, verbose=main, steps_left=steps_left
     )
     logger = _Logger(out, main)
-    precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"
+    precision = precision_name(amp_dtype)
     if main:
         _announce(out, cfg, device, precision, state.epoch, len(train_loader))
     bar = _progress_bar(cfg, len(train_loader), state.epoch) if main else None

@@ -65,7 +65,8 @@ def build_analysis(
 
     ``dense``: MACs of one image through the dense network; ``gate_macs``: those of the gating modules;
     ``class_names``: K names (classification: K at least the largest label + 1; segmentation: the K
-    classes of the per-class IoU); ``precision``: that of the pass ("fp32", "bf16", "fp16").
+    classes of the per-class IoU); ``precision``: that of the pass, as
+    :func:`~batchshaping.runtime.precision_name` names it.
     """
     gated = bool(res.layer_names)
     a: dict[str, Any] = {

@@ -28,6 +28,7 @@ from batchshaping.analysis.markdown import render_report
 from batchshaping.analysis.numbers import build_analysis, json_safe
 from batchshaping.analysis.outputs import prepare_out, written_files
 from batchshaping.data import Data, as_loader
+from batchshaping.runtime import precision_name
 from batchshaping.tasks import ClassificationTask, SegmentationTask
 
 if TYPE_CHECKING:
@@ -116,10 +117,6 @@ def analyze_checkpoint(
         autocast_dtype=autocast_dtype, channels_last=cfg.channels_last,
     )  # fmt: skip
     return written_files(out_path, analysis)
-
-
-def _precision_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def _test_split(
@@ -226,7 +223,7 @@ def analyze_data(
     names = _class_names(res, data.task)
     analysis = build_analysis(
         res, counter.dense, counter.gate_macs, names, model_name, data_name, source,
-        precision=_precision_name(autocast_dtype),
+        precision=precision_name(autocast_dtype),
     )  # fmt: skip
     t1 = time.perf_counter()
     images = image_source(data.test, data.mean, data.std)

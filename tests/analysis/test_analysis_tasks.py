@@ -148,6 +148,6 @@ def test_analyze_and_eval_use_the_runs_precision_and_layout_and_agree(tmp_path):
     analyze_checkpoint(ckpt, out, make_plots=False)
     a = json.loads((out / "analysis.json").read_text())
     ev = evaluate_checkpoint(ckpt)
-    assert a["precision"] == "bf16" and "Evaluated in bf16" in (out / "report.md").read_text()
+    assert a["precision"] == "bfloat16" and "Evaluated in bfloat16" in (out / "report.md").read_text()
     assert a["top1"] == ev["top1"] and a["macs"]["mean"] == ev["macs_mean"]
     assert a["gates"]["layers"][0]["counts"]["conditional"] > 0  # the planted gates depend on the image
