@@ -18,7 +18,7 @@ from batchshaping.checkpoint import load_checkpoint, load_pretrained, model_from
 from batchshaping.config import ConfigError, TrainConfig, config_from_dict, parse_overrides, update_config
 from batchshaping.data import Data
 from batchshaping.models import model_from_config, model_info
-from batchshaping.runtime import init_distributed, resolve_device, resolve_precision
+from batchshaping.runtime import init_distributed, memory_format, resolve_device, resolve_precision
 from batchshaping.tasks import ClassificationTask, SegmentationTask
 
 #: Keys that a resumed run may take from the command line: where and how it runs, not what it computes.
@@ -222,7 +222,7 @@ def evaluate_checkpoint(
         cfg.data.eval_batch_size = batch_size
     data = load_data(cfg, data_dir, train=False, class_names=ckpt.get("class_names"))
     # the layout and precision of the run's own evaluations, so that eval reproduces their numbers
-    model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    model.to(memory_format=memory_format(cfg.channels_last))
     batch = cfg.data.eval_batch_size
     loader = as_loader(data.test, batch, False, device, data.mean, data.std, channels_last=cfg.channels_last)
     counter = MacCounter(model, data.input_shape)

@@ -45,6 +45,11 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return str(dtype).replace("torch.", "") if dtype else "fp32"
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout a run's model and batches use: channels_last (NHWC, faster convolutions on CPU) or NCHW."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def machine_description(device: torch.device) -> str:
     """E.g. "AMD EPYC 9B14 (no fast bf16), 2 cores, 2 threads" or the CUDA device name, for results."""
     if device.type == "cuda":

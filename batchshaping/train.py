@@ -33,6 +33,7 @@ from batchshaping.macs import MacCounter
 from batchshaping.runtime import (
     init_distributed,
     machine_description,
+    memory_format,
     precision_name,
     resolve_device,
     resolve_precision,
@@ -103,9 +104,7 @@ def fit(
     if out is not None and main:
         _prepare_run_folder(out, cfg, resume)
 
-    model = model.to(
-        device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format
-    )
+    model = model.to(device, memory_format=memory_format(cfg.channels_last))
     train_loader, test_loader = _device_loaders(data, cfg, device, dist_info)
     input_shape = data.input_shape or tuple(next(iter(test_loader))[0].shape[1:])
     counter = MacCounter(model, input_shape)

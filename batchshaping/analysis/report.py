@@ -28,7 +28,7 @@ from batchshaping.analysis.markdown import render_report
 from batchshaping.analysis.numbers import build_analysis, json_safe
 from batchshaping.analysis.outputs import prepare_out, written_files
 from batchshaping.data import Data, as_loader
-from batchshaping.runtime import precision_name
+from batchshaping.runtime import memory_format, precision_name
 from batchshaping.tasks import ClassificationTask, SegmentationTask
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def analyze_data(
     out = prepare_out(out)
     device = next(model.parameters()).device
     # channels_last as in training by default (faster convolutions on CPU)
-    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model.to(memory_format=memory_format(channels_last))
     loader = as_loader(data.test, batch_size, False, device, data.mean, data.std, channels_last=channels_last)
     shape = data.input_shape or tuple(next(iter(loader))[0].shape[1:])
     counter = MacCounter(model, shape)
