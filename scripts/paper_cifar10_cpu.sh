@@ -1,33 +1,60 @@
 #!/usr/bin/env bash
 # The paper's 500-epoch CIFAR-10 comparison on CPU (RESULTS.md, "The paper's recipe, 500 epochs, on CPU"):
-# resnet20 and gated_resnet32 with the MAC budget at resnet20's cost, side by side with one thread each,
-# each started or resumed in results/cifar10_paper/<run>/ and stopped cleanly by MAX_TIME. Once resnet20 has
-# finished (its summary.json), the L0-only gated_resnet32 at the same budget takes its place. Their output is
-# appended to <run>/train.log. Commit the run folders (config.yaml, log.jsonl, history.jsonl, train.log,
-# last.pt) after each piece, then refresh RESULTS.md with `python scripts/paper_progress.py --write`.
+# resnet20 and gated_resnet32 with the MAC budget at resnet20's cost, side by side, each started or resumed in
+# results/cifar10_paper/<run>/ and stopped cleanly when MAX_TIME (counted from this script's start) runs out.
+# As soon as resnet20 has finished (its summary.json), the L0-only gated_resnet32 at the same budget trains
+# on its core for the time left. Each run gets one thread per core shared by the runs still unfinished (two
+# runs on 2 cores: one each; the last run left: both). Finished runs are skipped. Output is appended to
+# <run>/train.log. Commit the run folders (config.yaml, log.jsonl, history.jsonl, train.log, last.pt) after
+# each piece, then refresh RESULTS.md with `python scripts/paper_progress.py --write`.
 #
 #   MAX_TIME=2h30m bash scripts/paper_cifar10_cpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAX_TIME=${MAX_TIME:-2h30m}
 DATA=${DATA:-../shared/data/cifar10}
-OUT=results/cifar10_paper
-piece() {  # run name, recipe, extra options of a new run
-  local run=$1 recipe=$2 out="$OUT/$1"
-  shift 2
+OUT=${OUT:-results/cifar10_paper}
+PYTHON=${PYTHON:-python}
+CORES=${CORES:-$(nproc)}
+MIN_START=${MIN_START:-900}  # seconds: a run is not started with less time left (compilation + an epoch)
+seconds=$("$PYTHON" -c 'import sys; from batchshaping.config import parse_duration as p; print(int(p(sys.argv[1])))' "$MAX_TIME")
+END=$(($(date +%s) + seconds))
+
+finished() { [ -f "$OUT/$1/summary.json" ]; }
+piece() {  # run name, recipe, threads, options of a new run: start or resume it, until END
+  local run=$1 recipe=$2 threads=$3 out="$OUT/$1" left=$((END - $(date +%s)))
+  shift 3
+  if finished "$run"; then return 0; fi
+  if [ "$left" -lt "$MIN_START" ]; then
+    echo "$run: not started, ${left}s left of MAX_TIME (less than MIN_START=${MIN_START}s)"
+    return 0
+  fi
   if [ -f "$out/last.pt" ]; then
-    nice -n 5 python -m batchshaping train --out "$out" --resume --set max_time="$MAX_TIME" >>"$out/train.log" 2>&1
+    nice -n 5 "$PYTHON" -m batchshaping train --out "$out" --resume --set threads="$threads" \
+      --set max_time="$left" >>"$out/train.log" 2>&1
   else
     mkdir -p "$out"
-    nice -n 5 python -m batchshaping train --config "$recipe" --data-dir "$DATA" --out "$out" --set threads=1 \
-      --set progress=false --set max_time="$MAX_TIME" "$@" >>"$out/train.log" 2>&1
+    nice -n 5 "$PYTHON" -m batchshaping train --config "$recipe" --data-dir "$DATA" --out "$out" \
+      --set threads="$threads" --set progress=false --set max_time="$left" "$@" >>"$out/train.log" 2>&1
   fi
 }
-if [ -f "$OUT/resnet20_e500/summary.json" ]; then  # resnet20 done: its core trains the L0-only ablation
-  piece gated_resnet32_l0only_budget0.585_e500 cifar10_gated_resnet32_l0only_budget --set step=compile &
-else
-  piece resnet20_e500 cifar10_resnet20 &
+
+# two lanes: resnet20 then the L0-only run, and the batch-shaping run
+lane_a=1 lane_b=1
+if finished resnet20_e500 && finished gated_resnet32_l0only_budget0.585_e500; then lane_a=0; fi
+if finished gated_resnet32_budget0.585_e500; then lane_b=0; fi
+if [ $((lane_a + lane_b)) -eq 0 ]; then
+  echo "all runs in $OUT have finished"
+  exit 0
 fi
-piece gated_resnet32_budget0.585_e500 cifar10_gated_resnet32_budget --set step=compile &
+threads=$((CORES / (lane_a + lane_b) > 0 ? CORES / (lane_a + lane_b) : 1))
+if [ "$lane_a" -eq 1 ]; then
+  (piece resnet20_e500 cifar10_resnet20 "$threads" && finished resnet20_e500 &&
+    piece gated_resnet32_l0only_budget0.585_e500 cifar10_gated_resnet32_l0only_budget "$threads" \
+      --set step=compile) &
+fi
+if [ "$lane_b" -eq 1 ]; then
+  piece gated_resnet32_budget0.585_e500 cifar10_gated_resnet32_budget "$threads" --set step=compile &
+fi
 wait
-tail -n 2 "$OUT"/*/train.log
+tail -n 2 "$OUT"/*/train.log 2>/dev/null || true

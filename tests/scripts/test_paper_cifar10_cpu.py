@@ -1,0 +1,81 @@
+"""scripts/paper_cifar10_cpu.sh: which runs a piece trains, with how many threads and how much time.
+
+The training command is replaced by a stand-in (PYTHON=a script) that records its arguments, writes last.pt
+and, for the runs named in $FINISH, summary.json, as a run that reached its last epoch would.
+"""
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+R20, BS, L0 = "resnet20_e500", "gated_resnet32_budget0.585_e500", "gated_resnet32_l0only_budget0.585_e500"
+
+FAKE_PYTHON = f"""#!/usr/bin/env bash
+if [ "$1" = "-c" ]; then exec {sys.executable} "$@"; fi
+out=$(echo "$@" | sed -E 's/.*--out ([^ ]+).*/\\1/')
+run=$(basename "$out")
+echo "$run $*" >>"$CALLS"
+mkdir -p "$out" && touch "$out/last.pt"
+case " $FINISH " in *" $run "*) echo {{}} >"$out/summary.json" ;; esac
+"""
+
+
+def piece(
+    tmp: Path,
+    finish: str = "",
+    done: tuple[str, ...] = (),
+    started: tuple[str, ...] = (),
+    min_start: int = 900,
+) -> list[str]:
+    """Run the script once; the training calls it made, one line each: '<run> <arguments>'."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    fake = tmp / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    out = tmp / "runs"
+    for run in done + started:
+        (out / run).mkdir(parents=True, exist_ok=True)
+        (out / run / "last.pt").touch()
+        if run in done:
+            (out / run / "summary.json").write_text("{}")
+    calls = tmp / "calls.txt"
+    calls.write_text("")
+    env = dict(os.environ, PYTHON=str(fake), OUT=str(out), CORES="2", MAX_TIME="2h", FINISH=finish)
+    env["MIN_START"] = str(min_start)
+    env["CALLS"] = str(calls)
+    script = ROOT / "scripts/paper_cifar10_cpu.sh"
+    res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return sorted(calls.read_text().splitlines())
+
+
+def test_a_new_piece_starts_both_runs_with_one_thread_each_and_the_whole_time(tmp_path: Path):
+    calls = piece(tmp_path)
+    assert [c.split()[0] for c in calls] == [BS, R20]
+    for c in calls:
+        assert "--config" in c and "--set threads=1" in c
+        left = int(c.split("--set max_time=")[1].split()[0])
+        assert 7100 <= left <= 7200  # MAX_TIME=2h, counted from the script's start
+    assert "--set step=compile" in calls[0] and "step=compile" not in calls[1]
+
+
+def test_the_l0_only_run_starts_as_soon_as_resnet20_finishes_within_the_piece(tmp_path: Path):
+    calls = piece(tmp_path, finish=R20, started=(R20, BS))
+    assert [c.split()[0] for c in calls] == [BS, L0, R20]
+    l0 = next(c for c in calls if c.startswith(L0))
+    assert "--config cifar10_gated_resnet32_l0only_budget" in l0 and "--set step=compile" in l0
+    assert all("--resume" in c for c in calls if not c.startswith(L0))
+
+
+def test_the_last_unfinished_run_gets_every_core_and_finished_runs_are_skipped(tmp_path: Path):
+    calls = piece(tmp_path, done=(R20, BS), started=(L0,))
+    assert len(calls) == 1 and calls[0].startswith(L0)
+    assert "--resume" in calls[0] and "--set threads=2" in calls[0]
+    assert piece(tmp_path / "again", done=(R20, BS, L0)) == []
+
+
+def test_no_run_starts_with_less_time_left_than_a_compilation_and_an_epoch(tmp_path: Path):
+    assert piece(tmp_path, started=(R20, BS), min_start=3 * 3600) == []  # more than MAX_TIME
