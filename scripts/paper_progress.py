@@ -1,7 +1,8 @@
 """Progress of the paper-length CIFAR-10 runs trained in pieces on CPU (results/cifar10_paper/<run>/):
 a table of where each run stands, and a plot of test top-1 and mean MACs over training against each other
 and the 36-epoch GPU runs (results/cifar10/*_e36_gpu); once resnet20 and a batch-shaping gated run have
-finished, the verdict on the paper's claim (a) under the table.
+finished, the verdict on the paper's claim (a) under the table; once a batch-shaping and an L0-only gated run
+with the same MAC target have finished, the verdict on claim (b).
 
     python scripts/paper_progress.py            # prints the table
     python scripts/paper_progress.py --write     # and replaces it in RESULTS.md, writes the plot
@@ -132,6 +133,37 @@ def verdict(runs: list[dict]) -> str | None:
     return "\n\n".join(lines)
 
 
+#: claim (b) compares two runs with the same MAC budget, which each land on it only to about a percent: the
+#: batch-shaping run may spend this much more than the L0-only run and still count as equal cost.
+EQUAL_COST = 0.01
+
+
+def verdict_b(runs: list[dict]) -> str | None:
+    """Claim (b) once a batch-shaping and an L0-only (bs_weight 0) gated run with the same MAC target have
+    finished: is batch-shaping more accurate at equal cost (MACs at most EQUAL_COST above)? None before."""
+    done = [r for r in runs if r["summary"] and r["cfg"]["model"].startswith("gated_")]
+    lines = []
+    for bs in (r for r in done if r["cfg"]["loss"]["bs_weight"] > 0):
+        target = bs["cfg"]["loss"].get("macs_target")
+        for l0 in (r for r in done if r["cfg"]["loss"]["bs_weight"] == 0):
+            if target is None or l0["cfg"]["loss"].get("macs_target") != target:
+                continue
+            b, o = bs["summary"], l0["summary"]
+            ratio = b["macs_mean"] / o["macs_mean"]
+            equal, better = ratio <= 1 + EQUAL_COST, b["top1"] > o["top1"]
+            why = [] if better else ["not more accurate"]
+            why += [] if equal else [f"more than {100 * EQUAL_COST:.0f}% more MACs"]
+            bs_at = f"{100 * b['top1']:.2f}% at {b['macs_mean'] / 1e6:.2f} MMACs"
+            l0_at = f"{100 * o['top1']:.2f}% at {o['macs_mean'] / 1e6:.2f} MMACs"
+            lines.append(
+                f"Claim (b) {'holds' if equal and better else 'does not hold'} for {bs['run']} against "
+                f"{l0['run']} (MAC target {target}): top-1 {bs_at} against {l0_at} "
+                f"({100 * (b['top1'] - o['top1']):+.2f} points, MAC ratio {ratio:.3f})"
+                + (f": {', '.join(why)}." if why else ".")
+            )
+    return "\n\n".join(lines) or None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="replace the table in RESULTS.md, write the plot")
@@ -140,9 +172,9 @@ def main() -> None:
     r20 = next(r for r in runs if r["cfg"]["model"] == "resnet20" and r["log"])
     r20_macs = next(e["macs_mean"] for e in r20["log"] if "macs_mean" in e)
     table = "\n".join([HEADER, *(row(r, r20_macs) for r in runs)])
-    claim = verdict(runs)
-    if claim:
-        table += "\n\n" + claim
+    for claim in (verdict(runs), verdict_b(runs)):
+        if claim:
+            table += "\n\n" + claim
     print(table)
     if not args.write:
         return

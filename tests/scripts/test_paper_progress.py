@@ -26,3 +26,22 @@ def test_the_verdict_waits_for_both_runs_and_needs_more_accuracy_at_no_more_macs
     assert worse.endswith(": not more accurate.")
     no_bs = fake("l0", "gated_resnet32", 0.0, 0.95, 30e6)  # the ablation is not claim (a)'s gated network
     assert paper_progress.verdict([r20, no_bs]) is None
+
+
+def gated(run: str, bs: float, target: float | None, top1: float | None, macs: float) -> dict:
+    r = fake(run, "gated_resnet32", bs, top1, macs)
+    r["cfg"]["loss"]["macs_target"] = target
+    return r
+
+
+def test_claim_b_pairs_runs_of_one_mac_target_and_needs_more_accuracy_at_equal_cost():
+    bs_run = gated("bs", 0.75, 0.585, 0.92, 40.2e6)
+    assert paper_progress.verdict_b([bs_run, gated("l0", 0.0, 0.585, None, 0.0)]) is None  # not finished
+    assert paper_progress.verdict_b([bs_run, gated("l0", 0.0, 0.4, 0.9, 30e6)]) is None  # another budget
+    holds = paper_progress.verdict_b([bs_run, gated("l0", 0.0, 0.585, 0.91, 40.0e6)])
+    assert holds.startswith("Claim (b) holds for bs against l0 (MAC target 0.585): top-1 92.00% at 40.20")
+    assert "+1.00 points, MAC ratio 1.005)." in holds  # within EQUAL_COST of the L0-only run's MACs
+    costly = paper_progress.verdict_b([bs_run, gated("l0", 0.0, 0.585, 0.91, 39e6)])
+    assert costly.startswith("Claim (b) does not hold") and costly.endswith(": more than 1% more MACs.")
+    worse = paper_progress.verdict_b([bs_run, gated("l0", 0.0, 0.585, 0.93, 40.2e6)])
+    assert worse.endswith(": not more accurate.")
