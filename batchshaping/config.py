@@ -266,7 +266,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 f"config file {str(p)!r} must hold a mapping of keys, got {type(data).__name__}"
             )
         data.setdefault("name", p.stem)
-        _apply(cfg, data)
+        _apply(cfg, _upgrade_saved(data))
     _apply(cfg, parse_overrides(overrides or []))
     validate(cfg)
     return cfg
@@ -299,9 +299,19 @@ def update_config(cfg: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a config saved with :meth:`TrainConfig.to_dict` (e.g. from a checkpoint)."""
     cfg = TrainConfig()
-    _apply(cfg, data)
+    _apply(cfg, _upgrade_saved(data))
     validate(cfg)
     return cfg
+
+
+def _upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (YAML file, checkpoint) in today's keys: run folders written before the ``step`` key
+    hold ``compile: true | false``, which chose the compiled or the eager step, so they load, compare and
+    resume as they ran. Command-line overrides take today's keys only."""
+    if isinstance(data.get("compile"), bool) and "step" not in data:
+        data = dict(data)
+        data["step"] = "compile" if data.pop("compile") else "eager"
+    return data
 
 
 def parse_duration(value: float | str) -> float:

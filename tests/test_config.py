@@ -4,7 +4,8 @@ import pytest
 
 from batchshaping.config import ConfigError, load_config
 
-CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted(ROOT.joinpath("configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -94,3 +95,22 @@ def test_recipes_are_package_data():
 
     shipped = Path(batchshaping.__file__).parent / "configs"
     assert {p.name for p in shipped.glob("*.yaml")} == {p.name for p in CONFIGS}
+
+
+@pytest.mark.parametrize("old, step", [("true", "compile"), ("false", "eager")])
+def test_a_saved_config_from_before_the_step_key_loads_with_the_step_it_ran(tmp_path, old, step):
+    from batchshaping.config import config_from_dict
+
+    (tmp_path / "config.yaml").write_text(f"model: resnet20\ncompile: {old}\n")
+    assert load_config(tmp_path / "config.yaml").step == step
+    assert config_from_dict({"model": "resnet20", "compile": old == "true"}).step == step
+    with pytest.raises(ConfigError, match="unknown config key 'compile'"):
+        load_config(None, ["compile=true"])  # the command line takes today's keys
+
+
+def test_every_run_folder_in_results_loads():
+    """RESULTS.md's commands (compare, eval, resume) read these configs."""
+    folders = sorted((ROOT / "results").rglob("config.yaml"))
+    assert folders
+    for path in folders:
+        load_config(path)
