@@ -108,6 +108,29 @@ def row(r: dict, r20_macs: float) -> str:
     )
 
 
+#: claim (b) compares two runs with the same MAC budget, which each land on it only to about a percent: the
+#: batch-shaping run may spend this much more than the L0-only run and still count as equal cost.
+EQUAL_COST = 0.01
+
+
+def judge(claim: str, subject: str, against: str, s: dict, base: dict, excess: float, costly: str) -> str:
+    """One verdict: the claim holds for `subject` (test summary `s`) when it is more accurate than `base` at
+    mean MACs at most `excess` (a fraction) above base's; `against` prefixes base's numbers, `costly` names
+    the reason when the MACs are too high."""
+    ratio = s["macs_mean"] / base["macs_mean"]
+    cheap, better = ratio <= 1 + excess, s["top1"] > base["top1"]
+    why = ([] if better else ["not more accurate"]) + ([] if cheap else [costly])
+
+    def at(x: dict) -> str:
+        return f"{100 * x['top1']:.2f}% at {x['macs_mean'] / 1e6:.2f} MMACs"
+
+    return (
+        f"Claim ({claim}) {'holds' if cheap and better else 'does not hold'} for {subject}: top-1 {at(s)} "
+        f"against {against}{at(base)} ({100 * (s['top1'] - base['top1']):+.2f} points, MAC ratio {ratio:.3f})"
+        + (f": {', '.join(why)}." if why else ".")
+    )
+
+
 def verdict(runs: list[dict]) -> str | None:
     """Claim (a) once resnet20 and a batch-shaping gated_resnet32 run have finished: is the gated network at
     or below resnet20's mean MACs more accurate? None before."""
@@ -117,25 +140,8 @@ def verdict(runs: list[dict]) -> str | None:
     if not dense or not gated:
         return None
     d = dense[0]["summary"]
-    lines = []
-    for r in gated:
-        g = r["summary"]
-        cheaper, better = g["macs_mean"] <= d["macs_mean"], g["top1"] > d["top1"]
-        holds = "holds" if cheaper and better else "does not hold"
-        why = [] if better else ["not more accurate"]
-        why += [] if cheaper else ["above resnet20's MACs"]
-        lines.append(
-            f"Claim (a) {holds} for {r['run']}: top-1 {100 * g['top1']:.2f}% at {g['macs_mean'] / 1e6:.2f} "
-            f"MMACs against resnet20's {100 * d['top1']:.2f}% at {d['macs_mean'] / 1e6:.2f} MMACs "
-            f"({100 * (g['top1'] - d['top1']):+.2f} points, MAC ratio {g['macs_mean'] / d['macs_mean']:.3f})"
-            + (f": {', '.join(why)}." if why else ".")
-        )
-    return "\n\n".join(lines)
-
-
-#: claim (b) compares two runs with the same MAC budget, which each land on it only to about a percent: the
-#: batch-shaping run may spend this much more than the L0-only run and still count as equal cost.
-EQUAL_COST = 0.01
+    costly = "above resnet20's MACs"
+    return "\n\n".join(judge("a", r["run"], "resnet20's ", r["summary"], d, 0.0, costly) for r in gated)
 
 
 def verdict_b(runs: list[dict]) -> str | None:
@@ -148,19 +154,9 @@ def verdict_b(runs: list[dict]) -> str | None:
         for l0 in (r for r in done if r["cfg"]["loss"]["bs_weight"] == 0):
             if target is None or l0["cfg"]["loss"].get("macs_target") != target:
                 continue
-            b, o = bs["summary"], l0["summary"]
-            ratio = b["macs_mean"] / o["macs_mean"]
-            equal, better = ratio <= 1 + EQUAL_COST, b["top1"] > o["top1"]
-            why = [] if better else ["not more accurate"]
-            why += [] if equal else [f"more than {100 * EQUAL_COST:.0f}% more MACs"]
-            bs_at = f"{100 * b['top1']:.2f}% at {b['macs_mean'] / 1e6:.2f} MMACs"
-            l0_at = f"{100 * o['top1']:.2f}% at {o['macs_mean'] / 1e6:.2f} MMACs"
-            lines.append(
-                f"Claim (b) {'holds' if equal and better else 'does not hold'} for {bs['run']} against "
-                f"{l0['run']} (MAC target {target}): top-1 {bs_at} against {l0_at} "
-                f"({100 * (b['top1'] - o['top1']):+.2f} points, MAC ratio {ratio:.3f})"
-                + (f": {', '.join(why)}." if why else ".")
-            )
+            subject = f"{bs['run']} against {l0['run']} (MAC target {target})"
+            costly = f"more than {100 * EQUAL_COST:.0f}% more MACs"
+            lines.append(judge("b", subject, "", bs["summary"], l0["summary"], EQUAL_COST, costly))
     return "\n\n".join(lines) or None
 
 
