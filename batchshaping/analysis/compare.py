@@ -47,7 +47,12 @@ def load_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{str(sp)!r} lacks {missing or ['model']}; was the run evaluated at the end?")
     cfg = load_config(d / "config.yaml") if (d / "config.yaml").is_file() else None
     model = s["model"]
-    kind = run_kind(model, cfg.loss.bs_weight if cfg else None, cfg.loss.l0_weight if cfg else None)
+    loss = cfg.loss if cfg else None
+    kind = (
+        run_kind(model, loss.bs_weight, loss.l0_weight, loss.macs_target)
+        if loss
+        else run_kind(model, None, None)
+    )
     dataset = cfg.data.dataset if cfg else "cifar10"
     test_images = (cfg.data.test_subset if cfg else None) or FULL_TEST_SIZE.get(dataset)
     gated = kind != "dense"
@@ -66,13 +71,17 @@ def load_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "gates_conditional": s.get("gates_conditional") if gated else None,
         "bs_weight": cfg.loss.bs_weight if cfg else None,
         "l0_weight": cfg.loss.l0_weight if cfg else None,
+        "macs_target": cfg.loss.macs_target if cfg else None,
         "epochs": s.get("epochs"),
         "wall_time_s": s.get("wall_time_s"),
     }
 
 
-def run_kind(model: str, bs_weight: float | None, l0_weight: float | None) -> str:
-    """ "dense", "batch-shaping" (bs_weight > 0), "L0 only" (bs_weight == 0, l0_weight > 0),
+def run_kind(
+    model: str, bs_weight: float | None, l0_weight: float | None, macs_target: float | None = None
+) -> str:
+    """ "dense", "batch-shaping" (bs_weight > 0), "L0 only" (bs_weight == 0 with an L0 weight or a MAC
+    target: the budget term pulls the expected MACs, an L0 weighted by each gate's MACs, to the target),
     "gated, no sparsity loss", or "gated (loss unknown)" without a config."""
     from batchshaping.models import model_info
 
@@ -86,7 +95,16 @@ def run_kind(model: str, bs_weight: float | None, l0_weight: float | None) -> st
         return "gated (loss unknown)"
     if bs_weight > 0:
         return "batch-shaping"
-    return "L0 only" if l0_weight else "gated, no sparsity loss"
+    return "L0 only" if l0_weight or macs_target is not None else "gated, no sparsity loss"
+
+
+def _sparsity(r: dict[str, Any]) -> str:
+    """The table's sparsity column: the L0 weight and the MAC target a gated run trained with."""
+    if r["kind"] == "dense" or r["l0_weight"] is None:
+        return "-" if r["kind"] == "dense" else "unknown"
+    parts = [f"L0 {r['l0_weight']:g}"] if r["l0_weight"] else []
+    parts += [] if r["macs_target"] is None else [f"MAC target {r['macs_target']:g}"]
+    return ", ".join(parts) or "none"
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> list[Path]:
@@ -140,22 +158,24 @@ def _markdown(rows: list[dict[str, Any]], title: str, div: float, unit: str) -> 
         "",
         f"![accuracy versus MACs]({PLOT_FILE})",
         "",
-        f"| run | model | kind | top-1 (%) | {unit} | MAC ratio | % always on | % always off | % conditional "
-        "| epochs | wall time | test images |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| run | model | kind | sparsity | top-1 (%) | {unit} | MAC ratio | % always on | % always off "
+        "| % conditional | epochs | wall time | test images |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (r["kind"] != "dense", r["macs"])):
         lines.append(
-            f"| `{r['run']}` | {r['model']} | {r['kind']} | {100 * r['top1']:.2f} | {r['macs'] / div:.2f} | "
-            f"{r['mac_ratio']:.3f} | {_gates(r['gates_always_on'])} | {_gates(r['gates_always_off'])} | "
-            f"{_gates(r['gates_conditional'])} | {r['epochs']} | {_fmt_time(r['wall_time_s'])} | "
-            f"{r['test_images']} |"
+            f"| `{r['run']}` | {r['model']} | {r['kind']} | {_sparsity(r)} | {100 * r['top1']:.2f} | "
+            f"{r['macs'] / div:.2f} | {r['mac_ratio']:.3f} | {_gates(r['gates_always_on'])} | "
+            f"{_gates(r['gates_always_off'])} | {_gates(r['gates_conditional'])} | {r['epochs']} | "
+            f"{_fmt_time(r['wall_time_s'])} | {r['test_images']} |"
         )
     lines += [
         "",
         "MACs: mean per test image (conditional for gated runs, including the gates' own MACs); MAC ratio: "
         "mean over the dense twin's MACs. Gate classes: open for > 99% (always on) / < 1% (always off) of "
-        "the test images. kind: batch-shaping = loss.bs_weight > 0, L0 only = bs_weight 0.",
+        "the test images. kind: batch-shaping = loss.bs_weight > 0, L0 only = bs_weight 0 (with an L0 weight "
+        "or a MAC target: loss.macs_target pulls the expected MACs, an L0 weighted by each gate's MACs, to "
+        "it).",
         "",
     ]
     return "\n".join(lines)

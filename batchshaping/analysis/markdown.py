@@ -61,9 +61,10 @@ def _summary_section(a: dict[str, Any], macs: MacFormat) -> list[str]:
             f"| checkpoint | `{src['checkpoint']}` (epoch {src.get('epoch')} of {src.get('epochs')}) |"
         )
     if src.get("loss") and gated:
-        lines.append(
-            f"| loss weights | batch-shaping {src['loss']['bs_weight']}, L0 {src['loss']['l0_weight']} |"
-        )
+        loss = src["loss"]
+        budget = loss.get("macs_target")  # absent in analysis.json files written before the MAC target
+        target = "" if budget is None else f", MAC target {budget} (weight {loss['macs_weight']})"
+        lines.append(f"| loss weights | batch-shaping {loss['bs_weight']}, L0 {loss['l0_weight']}{target} |")
     if is_segmentation(a):
         lines += [
             f"| mIoU / pixel accuracy | {pct(a['miou'])} / {pct(a['pixel_acc'])} |",

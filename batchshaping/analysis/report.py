@@ -86,7 +86,12 @@ def analyze_checkpoint(
         "epoch": int(ckpt["epoch"]),
         "epochs": cfg.epochs,
         "config": cfg.name,
-        "loss": {"bs_weight": cfg.loss.bs_weight, "l0_weight": cfg.loss.l0_weight},
+        "loss": {
+            "bs_weight": cfg.loss.bs_weight,
+            "l0_weight": cfg.loss.l0_weight,
+            "macs_target": cfg.loss.macs_target,
+            "macs_weight": cfg.loss.macs_weight,
+        },
     }
     saved_classes = ckpt.get("class_names")
     del ckpt

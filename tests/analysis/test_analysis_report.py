@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from batchshaping.analysis import analyze_checkpoint, analyze_model, describe_outputs, plots
-from batchshaping.checkpoint import CheckpointError, load_model
+from batchshaping.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model
 from batchshaping.cli import main
 from batchshaping.data import DataError
 from batchshaping.gates import force_gates
@@ -37,6 +37,7 @@ def test_report_references_existing_plots_and_json_is_consistent(gated_run, tmp_
     assert sorted(paths) == sorted(tmp_path.iterdir())
     assert describe_outputs(paths) == f"wrote {tmp_path}/report.md (+ 8 plots, analysis.json, per_image.npz)"
     assert "gated_resnet20 on" in report and "(30 images)" in report
+    assert "| loss weights | batch-shaping 0.0, L0 0.0 |" in report  # trained without a MAC target
 
     g = a["gates"]
     assert sum(g["fractions"].values()) == pytest.approx(1.0)
@@ -62,6 +63,15 @@ def test_report_references_existing_plots_and_json_is_consistent(gated_run, tmp_
     most = a["extremes"]["most_macs"]
     assert [r["macs"] for r in most] == sorted((r["macs"] for r in most), reverse=True)
     assert most[0]["macs"] == per_image["macs"].max()
+
+
+def test_report_names_the_mac_target_a_run_trained_to(gated_run, tmp_path):
+    ckpt = load_checkpoint(gated_run / "last.pt")
+    ckpt["config"]["loss"].update(macs_target=0.585, macs_weight=20.0)
+    atomic_save(ckpt, tmp_path / "budget.pt")
+    analyze_checkpoint(tmp_path / "budget.pt", tmp_path / "a", test_data=data(20, 5), classes=CLASSES)
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "| loss weights | batch-shaping 0.0, L0 0.0, MAC target 0.585 (weight 20.0) |" in report
 
 
 def test_forced_gates_give_all_always_on_or_all_always_off(gated_run, tmp_path):
