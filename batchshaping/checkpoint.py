@@ -90,6 +90,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"checkpoint {str(path)!r} not found (give a .pt file or a run folder with last.pt)"
         )
+    with path.open("rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..), before torch 1.6 a bare pickle (protocol byte 0x80); a file
+    # shorter than the header is left to torch.load, whose failure says truncated
+    if len(head) == 4 and not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise CheckpointError(
+            f"{str(path)!r} is not a checkpoint (a file written by torch.save: a zip archive or a pickle); "
+            "check the path (a run folder, its last.pt / best.pt, or saved weights)"
+        )
     try:
         # weights_only=False: the checkpoint holds RNG states (numpy arrays, python tuples). Only load
         # checkpoints you trust, as with any pickle.

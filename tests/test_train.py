@@ -87,7 +87,7 @@ def test_divergence_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, monke
     assert "last.pt" not in str(e.value) and not (tmp_path / "last.pt").exists()
 
 
-def test_corrupt_or_truncated_checkpoint_gives_a_clear_error(tmp_path):
+def test_corrupt_truncated_or_foreign_checkpoint_gives_a_clear_error(tmp_path):
     good = tmp_path / "good.pt"
     atomic_save({"format": "x"}, good)
     with pytest.raises(CheckpointError, match="not a batchshaping checkpoint"):
@@ -101,6 +101,10 @@ def test_corrupt_or_truncated_checkpoint_gives_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
     assert main(["eval", str(bad)]) == 2
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="is not a checkpoint \\(a file written by torch.save: "):
+        load_checkpoint(text)
 
 
 def test_checkpoint_rebuilds_the_model(tmp_path):
