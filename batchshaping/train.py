@@ -331,10 +331,15 @@ def _prepare_run_folder(out: Path, cfg: TrainConfig, resume: bool) -> None:
     if resume:
         resumable(out)
         return
-    if (out / "last.pt").exists():
-        raise ConfigError(
-            f"{str(out)!r} already holds a run (last.pt); continue it with --resume or pick another --out"
-        )
+    # A finished run's folder may keep only its results (published run folders leave out the .pt files):
+    # a new run would overwrite them as much as a checkpoint. A folder left by a run stopped before its
+    # first epoch ended (config.yaml, an empty log) holds nothing to lose and may be reused.
+    log = out / "log.jsonl"
+    held = [f for f in ("last.pt", "best.pt", "summary.json") if (out / f).exists()]
+    held += ["log.jsonl"] if log.is_file() and log.stat().st_size > 0 else []
+    if held:
+        resume = "continue it with --resume or " if "last.pt" in held else ""
+        raise ConfigError(f"{str(out)!r} already holds a run ({', '.join(held)}); {resume}pick another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))

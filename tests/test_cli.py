@@ -55,8 +55,13 @@ def test_resume_with_a_run_changing_override_is_refused(tmp_path, cifar_dir, cap
     assert main(["train", "--out", str(out), "--resume", "--set", "loss.l0_weight=1e-3"]) == 2
     assert "loss.l0_weight would change it" in capsys.readouterr().err
     assert (out / "config.yaml").read_text() == before
-    # A new run into a finished run's folder would overwrite it.
-    assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
+    # A new run into a finished run's folder would overwrite it, also where only its results are kept.
+    assert main(args) == 2 and "already holds a run (last.pt, best.pt" in capsys.readouterr().err
+    for f in ("last.pt", "best.pt"):
+        (out / f).unlink()
+    assert main(args) == 2
+    assert "already holds a run (summary.json, log.jsonl); pick another --out" in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == before
 
 
 def test_a_diverged_first_epoch_is_a_one_line_error_that_names_what_exists(tmp_path, cifar_dir, capsys):
