@@ -399,13 +399,19 @@ def validate(cfg: TrainConfig) -> None:
             node = getattr(node, part)
         if node is not None:
             _check_range(key, node)
-    from batchshaping.models import list_models
+    from batchshaping.models import list_models, model_info
 
     if cfg.model not in list_models():
         close = difflib.get_close_matches(cfg.model, list_models(), n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(repr(m) for m in close)}? " if close else ""
         raise ConfigError(
             f"config key 'model': unknown model {cfg.model!r}; {hint}known models: {', '.join(list_models())}"
+        )
+    if cfg.loss.macs_target is not None and not model_info(cfg.model).gated:
+        # a dense model's MACs are fixed: the budget could never be met, and its calibration would run away
+        raise ConfigError(
+            f"config key 'loss.macs_target' needs a gated model; {cfg.model} has no gates: use "
+            f"gated_{cfg.model} or drop the target (--set loss.macs_target=null)"
         )
     if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", cfg.device):
         raise ConfigError(f"config key 'device' must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")

@@ -59,6 +59,13 @@ def test_choices_and_ranges_are_checked():
     assert load_config(None, ["loss.macs_target=0.585"]).loss.macs_target == 0.585
 
 
+def test_a_mac_target_needs_a_gated_model():
+    budget = "cifar10_gated_resnet32_budget"
+    with pytest.raises(ConfigError, match="'loss.macs_target' needs a gated model; resnet32 has no gates"):
+        load_config(budget, ["model=resnet32"])
+    assert load_config(budget, ["model=resnet32", "loss.macs_target=null"]).loss.macs_target is None
+
+
 @pytest.mark.parametrize(
     "text, value", [("1e-3", 1e-3), ("1e9", 1e9), ("1.0e9", 1e9), ("-2E-4", -2e-4), (".5", 0.5)]
 )
