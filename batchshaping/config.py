@@ -206,13 +206,24 @@ def _type_name(tp: Any) -> str:
 
 def _yaml_loader() -> Any:
     """A safe YAML loader that reads numbers as people write them: YAML 1.1 takes ``1e-3`` and ``1.0e9``
-    (no dot, or no sign in the exponent) for strings, so ``--set loss.l0_weight=1e-3`` would be a string."""
+    (no dot, or no sign in the exponent) for strings, so ``--set loss.l0_weight=1e-3`` would be a string.
+    A key written twice in one mapping is an error: YAML keeps the later silently (a second ``loss:``
+    section would drop the first)."""
     import re
 
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is written twice; keep one", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
 
     number = re.compile(r"^[-+]?(\d[\d_]*)?\.?\d*([eE][-+]?\d+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$")
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", number, list("-+0123456789."))

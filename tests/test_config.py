@@ -82,6 +82,16 @@ def test_exponent_floats_in_a_yaml_file_are_numbers(tmp_path):
     assert (cfg.loss.l0_weight, cfg.optim.lr) == (1e-3, 5e-2)
 
 
+def test_a_key_written_twice_is_an_error_not_a_silent_replacement(tmp_path):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("loss:\n  l0_weight: 1.0e-3\nepochs: 5\nloss:\n  bs_weight: 0.5\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml' is not valid YAML.*key 'loss' is written twice"):
+        load_config(recipe)
+    recipe.write_text("loss: {l0_weight: 1.0e-3, l0_weight: 2.0e-3}\n")
+    with pytest.raises(ConfigError, match="key 'l0_weight' is written twice; keep one"):
+        load_config(recipe)
+
+
 def test_a_key_in_the_wrong_section_suggests_its_dotted_name():
     with pytest.raises(ConfigError, match="did you mean 'optim.lr'"):
         load_config(None, ["lr=0.1"])
