@@ -559,15 +559,15 @@ class BatchShapingLoss(nn.Module):
 
 
 def l0_loss(
-    outputs: Sequence[GateOutput | Tensor],
+    outputs: Sequence[GateOutput | Tensor] | GateOutput | Tensor,
     reduction: str = "mean",
-    weights: Sequence[Tensor] | None = None,
+    weights: Sequence[Tensor] | Tensor | None = None,
 ) -> Tensor:
     """Expected gate usage: an L0 sparsity penalty on gate-on probabilities.
 
     Args:
         outputs: one entry per gating module: :class:`GateOutput` (its ``probs`` are used) or an (N, G_k)
-            probability tensor.
+            probability tensor; a single one may be given alone (then ``weights`` is its one (G,) tensor).
         reduction: without weights, ``"mean"`` = mean of all probabilities, all gates and samples pooled
             (expected fraction of open gates); ``"sum"`` = sum over all gates of the per-sample mean
             (expected number of open gates per image, so it grows with the network's gate count).
@@ -583,6 +583,9 @@ def l0_loss(
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if isinstance(outputs, GateOutput | Tensor):  # one gating module's output, not a list of them
+        outputs = [outputs]
+        weights = [weights] if isinstance(weights, Tensor) else weights
     probs = [o.probs if isinstance(o, GateOutput) else o for o in outputs]
     if not probs:
         raise ValueError("l0_loss needs at least one gate output")

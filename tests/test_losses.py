@@ -815,6 +815,9 @@ def test_l0_loss_accepts_tensors_and_gradient_flows():
     w = torch.tensor([1.0, 2.0, 5.0])
     l0_loss([p1], weights=[w]).backward()
     assert torch.allclose(p1.grad, (w / w.sum() / 4).expand_as(p1))
+    # One gating module's output may be given alone, as BatchShapingLoss takes one tensor.
+    assert l0_loss(p1).item() == l0_loss([p1]).item() and l0_loss(outs[1]).item() == l0_loss([p2]).item()
+    assert l0_loss(p1, "sum", weights=w).item() == l0_loss([p1], "sum", weights=[w]).item()
 
 
 def test_l0_loss_bad_input():
