@@ -67,6 +67,8 @@ def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn
     kwargs go to the builder (e.g. ``gate=GateConfig(tau=0.5)``, ``shortcut="B"``).
     """
     info = model_info(name)
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive int (classifier outputs), got {num_classes!r}")
     args = {**info.defaults, **kwargs}
     return info.builder(num_classes=info.num_classes if num_classes is None else num_classes, **args)
 

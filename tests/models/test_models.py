@@ -5,6 +5,12 @@ import batchshaping as bs
 from batchshaping.gates import force_gates, gate_modules
 
 
+@pytest.mark.parametrize("bad", [0, -3, 2.5])
+def test_a_class_count_below_one_or_not_an_int_is_refused(bad):
+    with pytest.raises(ValueError, match=f"num_classes must be a positive int .*got {bad}"):
+        bs.create_model("gated_resnet20", num_classes=bad)
+
+
 def test_unknown_model_error_lists_known_names():
     with pytest.raises(ValueError, match="gated_resnet32.*resnet20|resnet20"):
         bs.create_model("resnet21")
