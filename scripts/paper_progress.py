@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+from itertools import pairwise
 from pathlib import Path
 
 import yaml
@@ -82,11 +84,21 @@ def pieces(history: list[dict]) -> str:
     return "<br>".join(out) or "-"
 
 
+def hours_left(log: list[dict], epochs: int, recent: int = 20) -> float | None:
+    """Training hours to the last epoch at the run's latest pace: the median time of its last ``recent``
+    epochs (a piece's first epoch, which compiles, does not move the median). None when done or unknown."""
+    times = [b["wall_time_s"] - a["wall_time_s"] for a, b in pairwise(log[-recent - 1 :])]
+    if not times or log[-1]["epoch"] >= epochs:
+        return None
+    return (epochs - log[-1]["epoch"]) * statistics.median(times) / 3600
+
+
 def row(r: dict, r20_macs: float) -> str:
     log, cfg = r["log"], r["cfg"]
     done = log[-1]["epoch"] if log else 0
     evals = [e for e in log if "top1" in e]
     hours = log[-1]["wall_time_s"] / 3600 if log else 0.0
+    left = hours_left(log, cfg["epochs"])
     if evals:
         e = evals[-1]
         gated = cfg["model"].startswith("gated_")
@@ -104,7 +116,7 @@ def row(r: dict, r20_macs: float) -> str:
         test = "- | - | - | - | -"
     return (
         f"| {r['run']} | {cfg['model']} | {sparsity(cfg)} | {done} / {cfg['epochs']} | {test} "
-        f"| {hours:.1f} h | {pieces(r['history'])} |"
+        f"| {hours:.1f} h{'' if left is None else f' (~{left:.1f} h left)'} | {pieces(r['history'])} |"
     )
 
 

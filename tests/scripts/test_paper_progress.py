@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -45,3 +47,15 @@ def test_claim_b_pairs_runs_of_one_mac_target_and_needs_more_accuracy_at_equal_c
     assert costly.startswith("Claim (b) does not hold") and costly.endswith(": more than 1% more MACs.")
     worse = paper_progress.verdict_b([bs_run, gated("l0", 0.0, 0.585, 0.93, 40.2e6)])
     assert worse.endswith(": not more accurate.")
+
+
+def test_hours_left_go_by_the_median_of_the_latest_epochs():
+    # 10 epochs of 100 s, then a piece whose first epoch compiled for 400 s, then 90 s epochs
+    times = [100.0] * 10 + [400.0] + [90.0] * 9
+    log = [{"epoch": i + 1, "wall_time_s": sum(times[: i + 1])} for i in range(len(times))]
+    assert paper_progress.hours_left(log, 20) is None  # finished
+    assert paper_progress.hours_left(log[:1], 500) is None  # no pace yet
+    assert paper_progress.hours_left(log[:3], 500) == pytest.approx(497 * 100 / 3600)  # a short log
+    # the last 20 diffs: 9 x 100, 400, 9 x 90 -> median 100 s; 480 epochs to go
+    assert paper_progress.hours_left(log, 500) == pytest.approx(480 * 100 / 3600)
+    assert paper_progress.hours_left(log, 500, recent=9) == pytest.approx(480 * 90 / 3600)
