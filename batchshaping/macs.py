@@ -29,6 +29,24 @@ def _layer_macs(module: nn.Module, out: Tensor) -> int:
     return per_image * module.in_features  # nn.Linear: out_features * in_features per row
 
 
+def _check_gated_blocks(net: nn.Module, blocks: dict[str, tuple[str, nn.Module]]) -> None:
+    """A gated block of any network is counted through two things: its ``gate`` attribute (the
+    ChannelGate) and its ``gated_convs(mask)``; ValueError naming what is missing."""
+    for n, m in net.named_modules():
+        if isinstance(m, ChannelGate) and n not in blocks:
+            raise ValueError(
+                f"gating module {n!r} must be the attribute 'gate' of the block whose convs it switches "
+                "(MAC counting finds the block by it)"
+            )
+    for prefix, block in blocks.values():
+        if not callable(getattr(block, "gated_convs", None)):
+            raise ValueError(
+                f"block {prefix or type(block).__name__!r} has a gate but no gated_convs(mask) method: "
+                "define it to return {conv attribute: (open input fraction, open output fraction)}, (N,) "
+                "each, for the convs its gate switches (as batchshaping.models.blocks.BasicBlock does)"
+            )
+
+
 class MacCounter:
     """Per-layer dense MACs of ``model`` at ``input_shape`` (C, H, W), and conditional counts from gates.
 
@@ -66,6 +84,7 @@ class MacCounter:
             for n, m in net.named_modules()
             if isinstance(getattr(m, "gate", None), ChannelGate)
         }
+        _check_gated_blocks(net, self._blocks)
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple, out: Tensor) -> None:

@@ -119,3 +119,43 @@ def test_expected_macs_are_the_mean_of_sampled_macs_and_differentiable():
     assert torch.all((expected.detach() - mean).abs() < 4 * sem)
     expected.sum().backward()
     assert all(o.probs.grad is not None and o.probs.grad.abs().sum() > 0 for o in outs)
+
+
+class _Block(nn.Module):
+    """A gated block outside the model zoo: conv1's output channels gated, as in README's example."""
+
+    def __init__(self, gate_name: str = "gate", gated_convs: bool = True) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        setattr(self, gate_name, bs.ChannelGate(4, 8))
+        self.gate_name = gate_name
+        if not gated_convs:
+            self.gated_convs = None  # hides the method
+
+    def forward(self, x):
+        return x + self.conv2(self.conv1(x) * getattr(self, self.gate_name)(x)[:, :, None, None])
+
+    def gated_convs(self, mask):
+        on = mask.mean(1)
+        return {"conv1": (torch.ones_like(on), on), "conv2": (on, torch.ones_like(on))}
+
+
+def test_a_gated_block_of_any_network_is_counted_by_its_gated_convs():
+    net = nn.Sequential(_Block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    counter = MacCounter(net, (4, 6, 6))
+    conv = 8 * 36 * 4 * 9  # conv1 and conv2 each: 8 x 4 channels, 3x3, 6x6 outputs
+    assert counter.dense == 2 * conv + 4 * 3 and counter.gate_macs == 4 * 16 + 16 * 8
+    force_gates(net, 0.0)
+    x = torch.randn(2, 4, 6, 6)
+    assert bs.conditional_macs(net, x).tolist() == [4 * 3 + counter.gate_macs] * 2  # both convs idle
+    force_gates(net, None)
+    net[0].gate.fc2.bias.data[:2] = 50.0  # 2 of 8 channels open for every image
+    net[0].gate.fc2.bias.data[2:] = -50.0
+    assert bs.conditional_macs(net, x).tolist() == [2 * conv / 4 + 4 * 3 + counter.gate_macs] * 2
+
+
+def test_a_gate_that_is_not_a_blocks_gate_or_a_block_without_gated_convs_is_a_clear_error():
+    with pytest.raises(ValueError, match="gating module '0.g' must be the attribute 'gate' of the block"):
+        MacCounter(nn.Sequential(_Block(gate_name="g")), (4, 6, 6))
+    with pytest.raises(ValueError, match="block '0' has a gate but no gated_convs\\(mask\\) method"):
+        MacCounter(nn.Sequential(_Block(gated_convs=False)), (4, 6, 6))
