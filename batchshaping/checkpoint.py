@@ -127,7 +127,17 @@ def model_from_checkpoint(
     """:func:`load_model` for a checkpoint dict already loaded with :func:`load_checkpoint`."""
     cfg = config_from_dict(ckpt["config"])
     model = model_from_config(cfg, ckpt.get("num_classes"))
-    model.load_state_dict(ckpt["model"])
+    expected, saved = model.state_dict(), ckpt["model"]
+    # fit() trains any nn.Module, but a checkpoint names its model only through its config
+    odd = sorted(set(saved) ^ set(expected))
+    odd = odd or [k for k, v in expected.items() if saved[k].shape != v.shape]
+    if odd:
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit {cfg.model}, the model its config names ({len(odd)} "
+            f"parameter names or shapes differ, e.g. {odd[0]!r}): it holds another network, trained with "
+            "fit() from Python; build that network and load the checkpoint's 'model' state_dict into it"
+        )
+    model.load_state_dict(saved)
     return model.to(map_location).eval(), cfg
 
 

@@ -96,3 +96,18 @@ def test_finetune_with_zero_backbone_lr_moves_only_the_gates(tmp_path):
     moved = {k for k, v in gated.named_parameters() if not torch.equal(v, before[k])}
     assert moved and all(".gate." in k for k in moved)
     assert any(k.endswith("gate.fc2.weight") for k in moved)
+
+
+def test_a_checkpoint_of_a_network_other_than_its_config_names_is_refused_by_name(tmp_path):
+    from batchshaping.checkpoint import FORMAT, atomic_save, load_model
+    from batchshaping.cli import main
+    from batchshaping.config import TrainConfig
+
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    other(torch.zeros(1, 3, 8, 8))
+    ckpt = {"format": FORMAT, "model": other.state_dict(), "config": TrainConfig().to_dict(), "epoch": 1}
+    atomic_save(ckpt, tmp_path / "last.pt")  # what fit() writes when given its own nn.Module
+    names = r"do not fit gated_resnet20, the model its config names .*'0.bias'"
+    with pytest.raises(CheckpointError, match=names):
+        load_model(tmp_path / "last.pt")
+    assert main(["eval", str(tmp_path)]) == 2  # one line, no traceback
