@@ -338,8 +338,8 @@ def _prepare_run_folder(out: Path, cfg: TrainConfig, resume: bool) -> None:
     held = [f for f in ("last.pt", "best.pt", "summary.json") if (out / f).exists()]
     held += ["log.jsonl"] if log.is_file() and log.stat().st_size > 0 else []
     if held:
-        resume = "continue it with --resume or " if "last.pt" in held else ""
-        raise ConfigError(f"{str(out)!r} already holds a run ({', '.join(held)}); {resume}pick another --out")
+        hint = "continue it with --resume or " if "last.pt" in held else ""
+        raise ConfigError(f"{str(out)!r} already holds a run ({', '.join(held)}); {hint}pick another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
