@@ -29,6 +29,7 @@ from batchshaping.checkpoint import TrainingState
 from batchshaping.config import ConfigError, TrainConfig, dump_config, parse_duration
 from batchshaping.data import Data
 from batchshaping.evaluation import evaluate
+from batchshaping.gates import unwrap
 from batchshaping.macs import MacCounter
 from batchshaping.runtime import (
     init_distributed,
@@ -105,6 +106,7 @@ def fit(
         _prepare_run_folder(out, cfg, resume)
 
     model = model.to(device, memory_format=memory_format(cfg.channels_last))
+    name = model_name(model, cfg, num_classes)
     train_loader, test_loader = _device_loaders(data, cfg, device, dist_info)
     input_shape = data.input_shape or tuple(next(iter(test_loader))[0].shape[1:])
     counter = MacCounter(model, input_shape)
@@ -122,7 +124,7 @@ def fit(
     logger = _Logger(out, main)
     precision = precision_name(amp_dtype)
     if main:
-        _announce(out, cfg, device, precision, state.epoch, len(train_loader))
+        _announce(out, cfg, name, device, precision, state.epoch, len(train_loader))
     bar = _progress_bar(cfg, len(train_loader), state.epoch) if main else None
     t_start, wall_before = time.perf_counter(), state.wall_time_s
     history = _History(out if main else None, state.epoch, device, precision)
@@ -176,9 +178,9 @@ def fit(
             bar.close()
 
     if stopped:  # no summary.json: the run is not finished
-        return {"model": cfg.model, "config": cfg.name, "epochs": cfg.epochs, "stopped_after": state.epoch}
+        return {"model": name, "config": cfg.name, "epochs": cfg.epochs, "stopped_after": state.epoch}
     summary = {
-        "model": cfg.model,
+        "model": name,
         "config": cfg.name,
         "epochs": cfg.epochs,
         "wall_time_s": wall_before + time.perf_counter() - t_start,
@@ -391,8 +393,28 @@ def _wrap(model: nn.Module, cfg: TrainConfig, device: torch.device, world_size: 
     return net
 
 
+def model_name(model: nn.Module, cfg: TrainConfig, num_classes: int | None) -> str:
+    """``cfg.model`` when ``model`` is that registry model (the same parameter names and shapes), else its
+    class name: fit trains any nn.Module, and its run folder must not claim another network."""
+    from batchshaping.models import model_from_config
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        ref = model_from_config(cfg, num_classes).state_dict()
+    model = unwrap(model)
+    own = model.state_dict()
+    if ref.keys() == own.keys() and all(ref[k].shape == v.shape for k, v in own.items()):
+        return cfg.model
+    return type(model).__name__
+
+
 def _announce(
-    out: Path | None, cfg: TrainConfig, device: torch.device, precision: str, done: int, steps: int
+    out: Path | None,
+    cfg: TrainConfig,
+    name: str,
+    device: torch.device,
+    precision: str,
+    done: int,
+    steps: int,
 ) -> None:
     """The run's first line: where it writes, what it trains, on what, and what is left."""
     todo = (
@@ -401,7 +423,10 @@ def _announce(
         else f"all {cfg.epochs} epochs are done, nothing to train"
     )
     where = f"run folder {out}" if out else "no run folder"
-    print(f"{where}: {cfg.model} ({cfg.name}) on {device} ({precision}), {todo}", flush=True)
+    what = f"{cfg.model} ({cfg.name})"
+    if name != cfg.model:  # a network of the caller's, trained with the recipe of cfg
+        what = f"{name}, not the registry's {cfg.model}, with recipe {cfg.name}"
+    print(f"{where}: {what} on {device} ({precision}), {todo}", flush=True)
 
 
 def _where(device: torch.device, precision: str, world_size: int) -> dict[str, Any]:

@@ -45,6 +45,17 @@ def test_fit_writes_logs_checkpoints_and_summary(tmp_path):
     assert gates == pytest.approx(1.0)
 
 
+def test_a_network_other_than_the_configs_model_is_named_by_its_class(tmp_path, capsys):
+    summary = run(tmp_path / "own", tiny_config(epochs=1))  # a depth-8 CifarResNet, not gated_resnet20
+    assert summary["model"] == "CifarResNet"
+    assert "CifarResNet, not the registry's gated_resnet20, with recipe tiny" in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match="do not fit gated_resnet20"):
+        load_model(tmp_path / "own" / "last.pt")
+    cfg = tiny_config(epochs=1)
+    zoo = fit(model_from_config(cfg, 4), Data(tiny_data(64, 1), tiny_data(32, 2), 4), cfg, tmp_path / "zoo")
+    assert zoo["model"] == "gated_resnet20" == load_model(tmp_path / "zoo" / "last.pt")[1].model
+
+
 def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(tmp_path):
     full = run(tmp_path / "full")
     with killed_in_epoch(2), pytest.raises(KeyboardInterrupt):
@@ -160,7 +171,7 @@ def test_max_time_stops_after_a_whole_epoch_and_the_resumed_run_ends_as_an_unint
     full = run(tmp_path / "full", tiny_config(epochs=3))
     cut = run(tmp_path / "cut", tiny_config(epochs=3, max_time="0.001s"))
     out = capsys.readouterr().out
-    assert cut == {"model": "gated_resnet20", "config": "tiny", "epochs": 3, "stopped_after": 1}
+    assert cut == {"model": "CifarResNet", "config": "tiny", "epochs": 3, "stopped_after": 1}
     assert "stopped after epoch 1/3: max_time" in out
     assert f"continue with: batchshaping train --out {tmp_path / 'cut'} --resume" in out
     assert (
