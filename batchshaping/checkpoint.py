@@ -127,17 +127,14 @@ def model_from_checkpoint(
     """:func:`load_model` for a checkpoint dict already loaded with :func:`load_checkpoint`."""
     cfg = config_from_dict(ckpt["config"])
     model = model_from_config(cfg, ckpt.get("num_classes"))
-    expected, saved = model.state_dict(), ckpt["model"]
-    # fit() trains any nn.Module, but a checkpoint names its model only through its config
-    odd = sorted(set(saved) ^ set(expected))
-    odd = odd or [k for k, v in expected.items() if saved[k].shape != v.shape]
-    if odd:
+    diff = weight_differences(model.state_dict(), ckpt["model"])
+    if any(diff.values()):  # fit() trains any nn.Module, but a checkpoint names its model by its config
         raise CheckpointError(
-            f"the checkpoint's weights do not fit {cfg.model}, the model its config names ({len(odd)} "
-            f"parameter names or shapes differ, e.g. {odd[0]!r}): it holds another network, trained with "
-            "fit() from Python; build that network and load the checkpoint's 'model' state_dict into it"
+            f"the checkpoint's weights do not fit {cfg.model}, the model its config names "
+            f"({describe_differences(diff)}): it holds another network, trained with fit() from Python; "
+            "build that network and load the checkpoint's 'model' state_dict into it"
         )
-    model.load_state_dict(saved)
+    model.load_state_dict(ckpt["model"])
     return model.to(map_location).eval(), cfg
 
 
@@ -215,6 +212,29 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
+def weight_differences(own: dict[str, Tensor], state: dict[str, Tensor]) -> dict[str, list[str]]:
+    """Where the weights ``state`` do not fit a model's ``own`` state_dict: {"shape mismatch": ["name
+    (saved shape) vs (model's shape)"], "missing": names of own not in state, "unexpected": the reverse}."""
+    return {
+        "shape mismatch": [
+            f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+            for k, v in state.items()
+            if k in own and own[k].shape != v.shape
+        ],
+        "missing": [k for k in own if k not in state],
+        "unexpected": [k for k in state if k not in own],
+    }
+
+
+def describe_differences(diff: dict[str, list[str]]) -> str:
+    """:func:`weight_differences` in one line: the count and the first names of each kind."""
+    return "; ".join(
+        f"{what} ({len(keys)}): {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
+        for what, keys in diff.items()
+        if keys
+    )
+
+
 def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     """Warm-start ``model`` (or ``model.backbone`` for a segmentation model) from the weights in ``path``
     (see :func:`read_weights`): a dense checkpoint of this package, a plain state_dict or a torchvision-named
@@ -230,23 +250,13 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     own = target.state_dict()
     skipped = [k for k in state if k.startswith("fc.") and not any(o.startswith("fc.") for o in own)]
     state = {k: v for k, v in state.items() if k not in skipped}
-    bad_shape = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and own[k].shape != v.shape
-    ]
+    diff = weight_differences(own, state)
     # Old torchvision weights lack BN's num_batches_tracked; it only matters for momentum=None.
-    missing = [k for k in own if k not in state and ".gate." not in k and "num_batches_tracked" not in k]
-    unexpected = [k for k in state if k not in own]
-    problems = [
-        f"{what} ({len(keys)}): {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
-        for what, keys in (("shape mismatch", bad_shape), ("missing", missing), ("unexpected", unexpected))
-        if keys
-    ]
-    if problems:
+    diff["missing"] = [k for k in diff["missing"] if ".gate." not in k and "num_batches_tracked" not in k]
+    if any(diff.values()):
         raise CheckpointError(
-            f"pretrained weights {str(path)!r} do not fit the model: {'; '.join(problems)}. They must come "
-            "from the same architecture (e.g. resnet32 for gated_resnet32) with as many classes"
+            f"pretrained weights {str(path)!r} do not fit the model: {describe_differences(diff)}. They must "
+            "come from the same architecture (e.g. resnet32 for gated_resnet32) with as many classes"
         )
     target.load_state_dict(state, strict=False)  # BN fills in a missing num_batches_tracked itself
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from batchshaping import fast_step
-from batchshaping.checkpoint import TrainingState
+from batchshaping.checkpoint import TrainingState, weight_differences
 from batchshaping.config import ConfigError, TrainConfig, dump_config, parse_duration
 from batchshaping.data import Data
 from batchshaping.evaluation import evaluate
@@ -401,10 +401,7 @@ def model_name(model: nn.Module, cfg: TrainConfig, num_classes: int | None) -> s
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         ref = model_from_config(cfg, num_classes).state_dict()
     model = unwrap(model)
-    own = model.state_dict()
-    if ref.keys() == own.keys() and all(ref[k].shape == v.shape for k, v in own.items()):
-        return cfg.model
-    return type(model).__name__
+    return type(model).__name__ if any(weight_differences(ref, model.state_dict()).values()) else cfg.model
 
 
 def _announce(

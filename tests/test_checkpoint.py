@@ -107,7 +107,10 @@ def test_a_checkpoint_of_a_network_other_than_its_config_names_is_refused_by_nam
     other(torch.zeros(1, 3, 8, 8))
     ckpt = {"format": FORMAT, "model": other.state_dict(), "config": TrainConfig().to_dict(), "epoch": 1}
     atomic_save(ckpt, tmp_path / "last.pt")  # what fit() writes when given its own nn.Module
-    names = r"do not fit gated_resnet20, the model its config names .*'0.bias'"
+    names = (
+        r"do not fit gated_resnet20, the model its config names \(missing \(\d+\): conv1.weight, .*; "
+        r"unexpected \(4\): 0.weight, 0.bias, 2.weight, 2.bias\)"
+    )
     with pytest.raises(CheckpointError, match=names):
         load_model(tmp_path / "last.pt")
     assert main(["eval", str(tmp_path)]) == 2  # one line, no traceback
