@@ -69,9 +69,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "gates_always_on": s.get("gates_always_on") if gated else None,
         "gates_always_off": s.get("gates_always_off") if gated else None,
         "gates_conditional": s.get("gates_conditional") if gated else None,
-        "bs_weight": cfg.loss.bs_weight if cfg else None,
-        "l0_weight": cfg.loss.l0_weight if cfg else None,
-        "macs_target": cfg.loss.macs_target if cfg else None,
+        "bs_weight": loss.bs_weight if loss else None,
+        "l0_weight": loss.l0_weight if loss else None,
+        "macs_target": loss.macs_target if loss else None,
         "epochs": s.get("epochs"),
         "wall_time_s": s.get("wall_time_s"),
     }
