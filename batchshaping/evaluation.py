@@ -32,9 +32,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Flat metrics of ``model`` (in eval mode) over ``loader``'s normalised (x, y) batches.
 
-    Returns the task's metrics (default classification: top1, top5, test_loss) plus macs_mean,
-    macs_dense, mac_ratio, the gate classes over the whole set (gates_always_on / _off / _conditional,
-    fractions of all gates) and gate_on_rate_mean. Gates forced with
+    Returns the task's metrics (default classification: top1, top5, test_loss) plus images (how many
+    were evaluated), macs_mean, macs_dense, mac_ratio, the gate classes over the whole set
+    (gates_always_on / _off / _conditional, fractions of all gates) and gate_on_rate_mean. Gates forced with
     :func:`batchshaping.gates.force_gates` stay forced.
     """
     task = task or ClassificationTask()
@@ -68,6 +68,7 @@ def evaluate(
     macs_mean = float(macs_sum) / images
     return {
         **task.metrics(sums),
+        "images": images,
         "macs_mean": macs_mean,
         "macs_dense": float(counter.dense),
         "mac_ratio": macs_mean / float(counter.dense),

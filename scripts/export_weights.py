@@ -70,6 +70,8 @@ def export(run: Path, out: Path) -> dict[str, Any]:
         "config": summary["config"],
         "epochs": ckpt["epoch"],
         **metrics,
+        # what the numbers were measured on: the whole test split (null) or its first test_subset images
+        "test_subset": ckpt["config"]["data"].get("test_subset"),
         "trained_on": sorted({h["machine"] for h in history}) or [summary.get("machine")],
         "precision": summary.get("precision"),
         "source_commit": ckpt.get("git_commit"),
@@ -83,16 +85,14 @@ def check(entry: dict[str, Any], data_dir: str | None) -> dict[str, Any]:
     from batchshaping.experiment import evaluate_checkpoint
     from batchshaping.runtime import machine_description, resolve_device
 
-    # on the test images the run evaluated: its whole test split unless it was trained with a test_subset
-    subset = load_checkpoint(entry["file"])["config"]["data"].get("test_subset")
-    metrics = evaluate_checkpoint(entry["file"], data_dir, max_images=subset)
+    metrics = evaluate_checkpoint(entry["file"], data_dir, max_images=entry["test_subset"])
     keys = [k for k in ("top1", "miou", "macs_mean") if k in entry]
     diff = {k: metrics[k] - entry[k] for k in keys}
     ok = all(
         abs(d) <= (CHECK_MACS_RTOL * entry[k] if k == "macs_mean" else CHECK_TOL) for k, d in diff.items()
     )
     machine = machine_description(resolve_device("auto"))
-    return {**{k: metrics[k] for k in keys}, "difference": diff, "ok": ok, "machine": machine}
+    return {**{k: metrics[k] for k in keys + ["images"]}, "difference": diff, "ok": ok, "machine": machine}
 
 
 def main(argv: list[str] | None = None) -> int:

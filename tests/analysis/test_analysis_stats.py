@@ -114,6 +114,7 @@ def test_per_image_records_add_up_to_the_evaluation_metrics():
     counter = MacCounter(model, (3, 16, 16))
     res = collect(model, loader(40), counter)
     ev = evaluate(model, loader(40), counter)
+    assert ev["images"] == len(res.correct) == 40
     assert res.correct.mean() == ev["top1"] and res.top5_correct / 40 == ev["top5"]
     assert res.macs.mean() == pytest.approx(ev["macs_mean"]) and res.loss.mean() == pytest.approx(
         ev["test_loss"]

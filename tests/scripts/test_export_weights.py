@@ -66,6 +66,7 @@ def test_check_evaluates_the_exported_weights_like_eval_and_fails_when_they_diff
     entry = json.loads((out / "manifest.json").read_text())["weights"][0]
     c = entry["eval_check"]
     assert c["ok"] and c["top1"] == entry["top1"] and c["macs_mean"] == entry["macs_mean"]
+    assert entry["test_subset"] == 48 and c["images"] == 48  # the run's test images, and only those
     assert "batchshaping eval: agrees" in capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
     (run / "summary.json").write_text(json.dumps(summary | {"top1": summary["top1"] + 0.01}))
