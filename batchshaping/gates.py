@@ -94,6 +94,9 @@ class ChannelGate(nn.Module):
         bias_init: float = GATE_BIAS_INIT,
     ) -> None:
         super().__init__()
+        for name, n in (("in_channels", in_channels), ("num_gates", num_gates), ("hidden", hidden)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"ChannelGate {name} must be an int >= 1, got {n!r}")
         if tau <= 0:
             raise ValueError(f"gate temperature tau must be > 0, got {tau}")
         self.in_channels, self.num_gates, self.tau, self.noise = in_channels, num_gates, tau, noise
@@ -110,6 +113,12 @@ class ChannelGate(nn.Module):
 
     def logits(self, x: Tensor) -> Tensor:
         """x: (N, C_in, H, W) -> logits (N, G) in float32."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:  # shapes only: no host sync, compile-safe
+            raise ValueError(
+                f"ChannelGate({self.in_channels} -> {self.num_gates} gates) expects the (N, "
+                f"{self.in_channels}, H, W) tensor it gates on, got shape {tuple(x.shape)}; build it with "
+                "in_channels = the channels of that tensor (a block's input)"
+            )
         h = self.fc1(x.mean((2, 3)))
         h = self.relu(self.bn(h))
         return self.fc2(h).float()

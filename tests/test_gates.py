@@ -91,3 +91,18 @@ def test_gate_outputs_under_torch_compile():
     assert [o.name for o in outs] == ["layer1.0.gate", "layer2.0.gate", "layer3.0.gate"]
     eager = model(x)
     torch.testing.assert_close(out, eager)
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [((0, 8), "in_channels"), ((16, 0), "num_gates"), ((16, 8, 0), "hidden"), ((16.0, 8), "in_channels")],
+)
+def test_a_gate_without_channels_gates_or_hidden_units_is_refused(args, named):
+    with pytest.raises(ValueError, match=f"ChannelGate {named} must be an int >= 1"):
+        ChannelGate(*args)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 4, 4), (2, 16)])
+def test_a_gate_given_a_tensor_of_other_channels_names_both(shape):
+    with pytest.raises(ValueError, match=r"expects the \(N, 16, H, W\) tensor .* got shape \(2, "):
+        ChannelGate(16, 8)(torch.rand(shape))
