@@ -1,5 +1,6 @@
 """batchshaping: conditional channel gated networks trained with batch-shaping (Bejnordi et al. 2020)."""
 
+from batchshaping.checkpoint import load_model, load_pretrained
 from batchshaping.gates import (
     ChannelGate,
     GateOutput,
@@ -35,5 +36,7 @@ __all__ = [
     "force_gates",
     "gate_outputs",
     "list_models",
+    "load_model",
+    "load_pretrained",
     "model_info",
 ]

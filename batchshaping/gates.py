@@ -178,5 +178,7 @@ def clear_gate_outputs(model: nn.Module) -> None:
 
 def force_gates(model: nn.Module, value: float | None) -> None:
     """Force every gate of ``model`` open (1.0), closed (0.0), or back to normal operation (None)."""
+    if value not in (None, 0.0, 1.0):
+        raise ValueError(f"force_gates takes 1.0 (all open), 0.0 (all closed) or None: got {value!r}")
     for _, gate in gate_modules(model):
         gate.force = value

@@ -106,3 +106,10 @@ def test_a_gate_without_channels_gates_or_hidden_units_is_refused(args, named):
 def test_a_gate_given_a_tensor_of_other_channels_names_both(shape):
     with pytest.raises(ValueError, match=r"expects the \(N, 16, H, W\) tensor .* got shape \(2, "):
         ChannelGate(16, 8)(torch.rand(shape))
+
+
+@pytest.mark.parametrize("value", [2.0, 0.5, "open"])
+def test_gates_are_forced_only_open_or_closed(value):
+    model = bs.create_model("gated_resnet20")
+    with pytest.raises(ValueError, match="force_gates takes 1.0 .*, 0.0 .* or None"):
+        bs.force_gates(model, value)

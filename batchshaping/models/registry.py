@@ -67,6 +67,12 @@ def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn
     kwargs go to the builder (e.g. ``gate=GateConfig(tau=0.5)``, ``shortcut="B"``).
     """
     info = model_info(name)
+    if "pretrained" in kwargs:  # timm's habit: say where weights come from here instead of a TypeError
+        raise ValueError(
+            f"create_model({name!r}) takes no pretrained=: it builds the network untrained; load weights "
+            "with batchshaping.load_model(<a checkpoint of batchshaping train, e.g. weights/cifar10/*.pt>) "
+            "or batchshaping.load_pretrained(model, <a torchvision ResNet .pth or a state_dict>)"
+        )
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive int (classifier outputs), got {num_classes!r}")
     args = {**info.defaults, **kwargs}

@@ -92,6 +92,12 @@ def test_dense_builders_refuse_a_gate():
         bs.create_model("resnet20", gate=bs.GateConfig())
 
 
+def test_pretrained_is_refused_with_where_weights_are_loaded_from():
+    where = r"takes no pretrained=.*batchshaping.load_model.*batchshaping.load_pretrained"
+    with pytest.raises(ValueError, match=where):
+        bs.create_model("resnet18", pretrained=True)
+
+
 def test_gated_builders_pass_the_gate_options_on():
     model = models.gated_resnet20(num_classes=4, gate=bs.GateConfig(hidden=8, tau=0.5))
     gate = model.layer1[0].gate
