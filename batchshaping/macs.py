@@ -54,6 +54,7 @@ class MacCounter:
         layers: {module name: dense MACs per image} for every conv and linear layer.
         dense: MACs of the network without its gating modules (what the dense twin costs).
         gate_macs: MACs of the gating modules themselves.
+        output_shape: the network's output for one image without the batch dimension, e.g. (10,).
     """
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int]) -> None:
@@ -70,7 +71,12 @@ class MacCounter:
         try:
             net.eval()
             with torch.no_grad():
-                net(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
+                out = net(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
+        except RuntimeError as e:  # e.g. 1-channel images into a 3-channel stem
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"{type(net).__name__} does not take images of shape {tuple(input_shape)} (C, H, W): {first}"
+            ) from e
         finally:
             net.train(was_training)
             for h in hooks:
@@ -78,6 +84,8 @@ class MacCounter:
         gate_prefixes = tuple(f"{n}." for n, m in net.named_modules() if isinstance(m, ChannelGate))
         self.gate_macs = sum(v for k, v in self.layers.items() if k.startswith(gate_prefixes))
         self.dense = sum(self.layers.values()) - self.gate_macs
+        #: Shape of the network's output for one image, e.g. (num_classes,) or (num_classes, H, W).
+        self.output_shape: tuple[int, ...] = tuple(out.shape[1:]) if isinstance(out, Tensor) else ()
         # Which block each gate drives: "layer1.0.gate" -> ("layer1.0", block).
         self._blocks = {
             f"{n}.gate" if n else "gate": (n, m)

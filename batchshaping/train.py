@@ -109,7 +109,13 @@ def fit(
     name = model_name(model, cfg, num_classes)
     train_loader, test_loader = _device_loaders(data, cfg, device, dist_info)
     input_shape = data.input_shape or tuple(next(iter(test_loader))[0].shape[1:])
-    counter = MacCounter(model, input_shape)
+    counter = MacCounter(model, input_shape)  # one forward pass of an image: the model takes the data
+    if counter.output_shape[:1] != (num_classes,):
+        got = counter.output_shape[0] if counter.output_shape else "no"
+        raise ConfigError(
+            f"the model gives {got} outputs per image, but the data has {num_classes} classes; build it "
+            f"with num_classes={num_classes}"
+        )
     net = _wrap(model, cfg, device, dist_info.world_size)
     opt = sgd(model, cfg)
     state = TrainingState(model, opt, torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16))

@@ -159,3 +159,12 @@ def test_a_gate_that_is_not_a_blocks_gate_or_a_block_without_gated_convs_is_a_cl
         MacCounter(nn.Sequential(_Block(gate_name="g")), (4, 6, 6))
     with pytest.raises(ValueError, match="block '0' has a gate but no gated_convs\\(mask\\) method"):
         MacCounter(nn.Sequential(_Block(gated_convs=False)), (4, 6, 6))
+
+
+def test_the_counter_names_an_input_the_model_does_not_take_and_keeps_the_output_shape():
+    model = bs.create_model("resnet20")
+    assert MacCounter(model, (3, 32, 32)).output_shape == (10,)
+    with pytest.raises(
+        ValueError, match=r"CifarResNet does not take images of shape \(1, 32, 32\) .*channels"
+    ):
+        MacCounter(model, (1, 32, 32))

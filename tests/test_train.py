@@ -6,6 +6,7 @@ import torch
 import batchshaping.train as train_mod
 from batchshaping.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model
 from batchshaping.cli import main
+from batchshaping.config import ConfigError
 from batchshaping.data import Data
 from batchshaping.models import GateConfig, model_from_config
 from batchshaping.models.cifar_resnet import CifarResNet
@@ -54,6 +55,13 @@ def test_a_network_other_than_the_configs_model_is_named_by_its_class(tmp_path, 
     cfg = tiny_config(epochs=1)
     zoo = fit(model_from_config(cfg, 4), Data(tiny_data(64, 1), tiny_data(32, 2), 4), cfg, tmp_path / "zoo")
     assert zoo["model"] == "gated_resnet20" == load_model(tmp_path / "zoo" / "last.pt")[1].model
+
+
+def test_a_network_with_another_number_of_classes_than_the_data_is_refused_before_training(tmp_path):
+    model = CifarResNet(8, num_classes=10, gate=GateConfig())
+    with pytest.raises(ConfigError, match="the model gives 10 outputs per image, but the data has 4 classes"):
+        fit(model, Data(tiny_data(64, 1), tiny_data(32, 2), 4), tiny_config(), tmp_path)
+    assert not (tmp_path / "log.jsonl").exists()
 
 
 def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(tmp_path):
