@@ -527,6 +527,8 @@ class ConditionalResNet(nn.Module):
         if channel_align < 1:
             raise ValueError(f"channel_align must be >= 1, got {channel_align}")
         self.channel_align = channel_align
+        w = model.conv1.weight
+        self._input = (w.shape[1], w.dtype, w.device)  # what forward takes: channels, dtype, device
         if nhwc_min_pixels is None:
             nhwc_min_pixels = NEVER if isinstance(model, CifarResNet) else NHWC_MIN_PIXELS
         self.block_names = [
@@ -567,6 +569,12 @@ class ConditionalResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (N, 3, H, W) -> logits (N, num_classes), computed under torch.inference_mode."""
+        c, dtype, device = self._input
+        if x.dim() != 4 or x.shape[1] != c or x.dtype != dtype or x.device != device:
+            raise ValueError(
+                f"the compiled network takes (N, {c}, H, W) {dtype} images on {device}, got a "
+                f"{tuple(x.shape)} {x.dtype} tensor on {x.device}"
+            )
         # optimized_execution(False): TorchScript's profiling executor would spend seconds of CPU optimising
         # the graph on the first calls, for no steady-state gain here (benchmarks/README.md).
         with torch.inference_mode(), torch.jit.optimized_execution(False):

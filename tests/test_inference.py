@@ -356,3 +356,11 @@ def test_bad_arguments_and_training_are_rejected(r20):
         compile_eager(torch.nn.Linear(3, 3))
     with pytest.raises(RuntimeError, match="inference-only"):
         compile_eager(r20).train()
+
+
+@pytest.mark.parametrize(
+    "x", [torch.rand(2, 1, 32, 32), torch.rand(3, 32, 32), torch.rand(2, 3, 32, 32, dtype=torch.bfloat16)]
+)
+def test_an_input_of_other_channels_rank_or_dtype_is_refused_by_name(r20, x):
+    with pytest.raises(ValueError, match=r"takes \(N, 3, H, W\) torch.float32 images on cpu, got a \("):
+        compile_eager(r20)(x)
