@@ -62,12 +62,21 @@ def test_a_new_piece_starts_both_runs_with_one_thread_each_and_the_whole_time(tm
     assert "--set step=compile" in calls[0] and "step=compile" not in calls[1]
 
 
-def test_the_l0_only_run_starts_as_soon_as_resnet20_finishes_within_the_piece(tmp_path: Path):
-    calls = piece(tmp_path, finish=R20, started=(R20, BS))
+def test_the_l0_only_run_starts_as_soon_as_the_budget_run_finishes_within_the_piece(tmp_path: Path):
+    calls = piece(tmp_path, finish=BS, started=(R20, BS))
     assert [c.split()[0] for c in calls] == [BS, L0, R20]
     l0 = next(c for c in calls if c.startswith(L0))
     assert "--config cifar10_gated_resnet32_l0only_budget" in l0 and "--set step=compile" in l0
+    assert "--set threads=1" in l0  # resnet20 still trains beside it
     assert all("--resume" in c for c in calls if not c.startswith(L0))
+    assert [c.split()[0] for c in piece(tmp_path / "r20", finish=R20, started=(R20, BS))] == [BS, R20]
+
+
+def test_once_resnet20_has_finished_the_gated_runs_get_every_core_one_after_the_other(tmp_path: Path):
+    calls = piece(tmp_path, done=(R20,), started=(BS, L0))
+    assert len(calls) == 1 and calls[0].startswith(BS) and "--set threads=2" in calls[0]
+    calls = piece(tmp_path / "then", finish=BS, done=(R20,), started=(BS, L0))
+    assert [c.split()[0] for c in calls] == [BS, L0] and all("--set threads=2" in c for c in calls)
 
 
 def test_the_last_unfinished_run_gets_every_core_and_finished_runs_are_skipped(tmp_path: Path):
