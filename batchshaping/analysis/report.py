@@ -151,7 +151,7 @@ def tensor_data(
     """Classification test data from images x (N, C, H, W) uint8 or float in [0, 1] and labels y (N,),
     normalised with ``mean``/``std`` (C,) (default: none, x in [0, 1] is fed as it is), MACs counted at
     x's (C, H, W)."""
-    x, y = torch.as_tensor(x), torch.as_tensor(y).long()
+    x, y = torch.as_tensor(x), torch.as_tensor(y)  # Data checks them (labels: integer class indices)
     if len(x) == 0:
         raise ValueError("the test data is empty")
     c = x.shape[1]
