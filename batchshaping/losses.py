@@ -629,5 +629,7 @@ def mac_target_loss(macs: Tensor, dense: float, target: float | Tensor) -> Tenso
     """
     if macs.dim() != 1:
         raise ValueError(f"mac_target_loss: macs must be (N,) per-image MACs, got {tuple(macs.shape)}")
+    if not dense > 0:  # a Python number (MacCounter.dense): checking it reads nothing from the device
+        raise ValueError(f"mac_target_loss: dense must be the dense twin's MACs (> 0), got {dense!r}")
     ratio = macs.mean() / dense
     return (ratio - target).square()

@@ -154,6 +154,8 @@ def conditional_macs(model: nn.Module, x: Tensor) -> Tensor:
     Runs one forward pass in the model's current mode (evaluation gates are deterministic), and counts
     the gating modules' own MACs. A dense model gives its dense count for every image.
     """
+    if x.dim() != 4:
+        raise ValueError(f"conditional_macs takes a batch x (N, C, H, W), got shape {tuple(x.shape)}")
     counter = MacCounter(model, x.shape[1:])
     model(x)
     return counter.conditional(gate_outputs(model)).expand(x.shape[0]).clone()

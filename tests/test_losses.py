@@ -845,3 +845,5 @@ def test_mac_target_loss_is_zero_on_target_and_pulls_towards_it():
     assert torch.all(macs.grad > 0)  # above the budget: every image is pushed down
     with pytest.raises(ValueError, match=r"macs must be \(N,\) per-image MACs"):
         mac_target_loss(torch.ones(2, 2), 100.0, 0.3)
+    with pytest.raises(ValueError, match=r"dense must be the dense twin's MACs \(> 0\), got 0"):
+        mac_target_loss(macs, 0, 0.3)
