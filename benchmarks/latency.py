@@ -10,6 +10,9 @@ over the repeats (MACs are additive, so a mean latency is what compares with the
     dense_script, cond_script   the same two with torch.jit.script (compile_conditional's default).
     masked        the original gated model in eval mode (BatchNorm unfolded, closed channels times 0).
 
+    reference, reference_script   with ``--reference``: another trained model, dense (e.g. resnet20 beside a
+                  gated_resnet32 trained to its MACs), BN-folded, eager and TorchScript.
+
 r is the per-image MAC ratio (conditional MACs, gate MACs included) / (MACs of the dense twin), averaged over
 the images. ratio = cond / dense latency, ratio_script = cond_script / dense_script. With 1 thread the
 latencies are thread CPU times (robust to preemption on a shared machine; wall-clock is in the JSON too),
@@ -27,6 +30,7 @@ Inputs: CIFAR-10 test images (normalised); the ImageNet models get the same imag
     python -m benchmarks.latency --quick            # smoke run
     python -m benchmarks.latency --checkpoint runs/cifar/best.pt   # a trained batchshaping checkpoint
     python -m benchmarks.latency --checkpoint weights.pt --model gated_resnet32   # a plain state_dict
+    python -m benchmarks.latency --checkpoint gated.pt --reference resnet20.pt   # against a smaller model
 """
 
 from __future__ import annotations
@@ -58,7 +62,6 @@ from benchmarks.common import (
 )
 
 DEFAULT_MODELS = ("gated_resnet32", "gated_resnet56", "gated_resnet110", "gated_resnet18", "gated_resnet50")
-VARIANTS = ("dense", "cond", "dense_script", "cond_script", "masked")
 
 
 def load_trained(path: str, name: str | None) -> tuple[str, nn.Module]:
@@ -83,16 +86,24 @@ def load_trained(path: str, name: str | None) -> tuple[str, nn.Module]:
     return name, model.eval()
 
 
-def build_variants(gated: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
-    """The five timed variants (module docstring) of one gated model."""
+def build_variants(
+    gated: nn.Module, reference: nn.Module | None = None
+) -> dict[str, Callable[[Tensor], Tensor]]:
+    """The timed variants (module docstring) of one gated model, and of the reference model if given."""
     twin = dense_twin(gated)  # forced-open gates compile to plain folded blocks: the dense model
-    return {
+    fns = {
         "dense": compile_conditional(twin, script=False),
         "cond": compile_conditional(gated, script=False),
         "dense_script": compile_conditional(twin, script=True),
         "cond_script": compile_conditional(gated, script=True),
         "masked": gated.eval(),
     }
+    if reference is not None:
+        with warnings.catch_warnings():  # a model without gates is folded with a warning that says so
+            warnings.simplefilter("ignore", UserWarning)
+            fns["reference"] = compile_conditional(reference, script=False)
+            fns["reference_script"] = compile_conditional(reference, script=True)
+    return fns
 
 
 @torch.inference_mode()
@@ -237,20 +248,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=30.0, help="seconds per model and thread count")
     p.add_argument("--checkpoint", help="trained model: batchshaping checkpoint, or state_dict with --model")
     p.add_argument("--model", help="architecture of a plain state_dict --checkpoint, e.g. gated_resnet32")
+    p.add_argument(
+        "--reference", help="with --checkpoint: a trained model timed beside it (batchshaping checkpoint)"
+    )
     p.add_argument("--data", type=Path, default=CIFAR_TEST, help="cifar10_test.npz")
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--no-batched", action="store_true", help="skip the batch_mode comparison")
     p.add_argument("--quick", action="store_true", help="few images and repeats: a smoke run")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "latency.json")
     args = p.parse_args(argv)
+    if args.reference and not args.checkpoint:
+        p.error("--reference times a model beside a trained --checkpoint; give both")
     if args.quick:
         args.cifar_images, args.cifar_repeats, args.imagenet_images, args.imagenet_repeats = 4, 2, 1, 1
     return args
 
 
-def setup(name: str, trained: nn.Module | None, args: argparse.Namespace):
+def setup(name: str, trained: nn.Module | None, args: argparse.Namespace, reference: nn.Module | None = None):
     """(model, its variants, timed images, warm-up images, per-image r, gates description) of one model; the
-    compiled variants checked against the gated model."""
+    compiled variants checked against the gated model (and the reference's against the reference)."""
     model = trained if trained is not None else bs.create_model(name).eval()
     size = 32 if isinstance(model, CifarResNet) else 224
     n_img = args.cifar_images if size == 32 else args.imagenet_images
@@ -266,10 +282,13 @@ def setup(name: str, trained: nn.Module | None, args: argparse.Namespace):
             f"+ N(0, 1): r ~ {args.target_r}"
         )
     r = mac_ratio(model, x, MacCounter(model, x.shape[1:]))
-    fns = build_variants(model)
+    fns = build_variants(model, reference)
     with torch.inference_mode():
-        ref = model(x)
-        for k in ("cond", "cond_script"):
+        checks = {"cond": model, "cond_script": model}
+        if reference is not None:
+            checks.update(reference=reference.eval(), reference_script=reference)
+        for k, original in checks.items():
+            ref = original(x)
             out = torch.cat([fns[k](x[i : i + 1]) for i in range(len(x))])
             err = (out - ref).abs().max().item()
             scale = max(1.0, ref.abs().max().item())  # fp32 rounding grows with the logits
@@ -301,12 +320,21 @@ def time_model(name: str, fns, x: Tensor, warmup: Tensor, r: Tensor, gates: str,
         "ratio_first_run": round(lat["cond"]["first"] / lat["dense"]["first"], 3),
         "gates": gates,
     }
+    if "reference" in lat:
+        row["ratio_vs_reference"] = round(lat["cond"][how] / lat["reference"][how], 3)
+        row["ratio_script_vs_reference"] = round(lat["cond_script"][how] / lat["reference_script"][how], 3)
     print(
         f"  threads={nt} ({how}): "
         + "  ".join(f"{k} {d[how]:.2f}" for k, d in lat.items())
         + f" ms | ratio {row['ratio']:.3f}, script {row['ratio_script']:.3f}, vs masked "
         f"{row['ratio_vs_masked']:.3f}; wall ratio {row['ratio_wall']:.3f}, first runs "
-        f"{row['ratio_first_run']:.3f} [{t_timing:.0f} s]",
+        f"{row['ratio_first_run']:.3f} [{t_timing:.0f} s]"
+        + (
+            f"; against the reference {row['ratio_vs_reference']:.3f}, script "
+            f"{row['ratio_script_vs_reference']:.3f}"
+            if "reference" in lat
+            else ""
+        ),
         flush=True,
     )
     return row
@@ -353,16 +381,25 @@ def main(argv: list[str] | None = None) -> None:
     jobs = (
         [load_trained(args.checkpoint, args.model)] if args.checkpoint else [(n, None) for n in args.models]
     )
+    reference, reference_info = None, None
+    if args.reference:
+        ref_name, reference = load_trained(args.reference, None)
+        reference_info = {"checkpoint": args.reference, "model": ref_name}
     rows, profiles = [], {}
     t_start = time.perf_counter()
     for name, trained in jobs:
         t_model = time.perf_counter()
-        model, fns, x, warmup, r, gates = setup(name, trained, args)
+        model, fns, x, warmup, r, gates = setup(name, trained, args, reference)
         size = x.shape[-1]
         print(
             f"\n{name} @ {size}x{size}: r = {r.mean():.3f} (images {r.min():.3f}..{r.max():.3f}); {gates} "
             f"[setup {time.perf_counter() - t_model:.0f} s]"
         )
+        if reference_info is not None:  # the gated model's mean conditional MACs against the reference's
+            macs = r.mean().item() * MacCounter(model, x.shape[1:]).dense
+            reference_info["macs"] = MacCounter(reference, x.shape[1:]).dense
+            reference_info["mac_ratio_vs_reference"] = round(macs / reference_info["macs"], 4)
+            print(f"reference {reference_info['model']}: MAC ratio {macs / reference_info['macs']:.3f}")
         reps = args.cifar_repeats if size == 32 else args.imagenet_repeats
         for nt in threads:
             rows.append(time_model(name, fns, x, warmup, r, gates, nt, reps, args.budget))
@@ -376,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "seconds": round(time.perf_counter() - t_start, 1),
         "rows": rows,
+        "reference": reference_info,
         "profile_percent_threads1": profiles,
         "batched_ms_per_image_threads1": batched,
     }
