@@ -115,7 +115,7 @@ class MacCounter:
             for conv, (f_in, f_out) in block.gated_convs(gates).items():
                 dense = self.layers[f"{prefix}.{conv}" if prefix else conv]
                 total = total - dense + dense * f_in * f_out
-        return torch.as_tensor(total) if isinstance(total, float) else total
+        return torch.tensor(total, dtype=torch.float64) if isinstance(total, float) else total
 
     def gate_costs(self) -> list[Tensor]:
         """Per-channel cost of each gating module, (G_k,) each: MACs one open channel adds to its block
