@@ -72,3 +72,13 @@ def test_check_evaluates_the_exported_weights_like_eval_and_fails_when_they_diff
     (run / "summary.json").write_text(json.dumps(summary | {"top1": summary["top1"] + 0.01}))
     assert export_weights.main([str(run), "--out", str(out), "--check"]) == 1
     assert "does not reproduce the runs' numbers: g_e1" in capsys.readouterr().err
+
+
+def test_the_published_weights_are_the_files_their_manifests_name():
+    manifests = sorted((ROOT / "weights").glob("*/manifest.json"))
+    for manifest in manifests:
+        for entry in json.loads(manifest.read_text())["weights"]:
+            path = ROOT / entry["file"]
+            assert path.is_file(), f"{manifest} names {entry['file']}, which is missing"
+            assert path.stat().st_size == entry["bytes"] and export_weights.sha256(path) == entry["sha256"]
+            assert entry["eval_check"]["ok"], f"{entry['run']}: batchshaping eval did not reproduce its run"
