@@ -156,7 +156,8 @@ def fit(
             record["wall_time_s"] = state.wall_time_s
             logger.log(record)
             if main:
-                _print_epoch(record, cfg.epochs, task.metric, bar)
+                eta = (cfg.epochs - state.epoch) * limit.mean_epoch(time.perf_counter() - t_epoch)
+                _print_epoch(record, cfg.epochs, task.metric, bar, eta)
             is_best = record.get(task.metric, -math.inf) > state.best_metric
             if is_best:
                 state.best_metric = record[task.metric]
@@ -290,6 +291,14 @@ class TimeLimit:
         """Seconds the next epoch is expected to take (0 before the first)."""
         recent = self.epochs[1:] if len(self.epochs) > 1 else self.epochs
         return max(recent[-self.eval_every :], default=0.0)
+
+    def mean_epoch(self, current: float) -> float:
+        """Mean seconds per epoch of this process, ``current`` (the epoch in progress) included: the ETA's
+        pace. This process's, not the run's (a resumed run may train on another machine or thread count),
+        and without its first epoch once there are others (compilation)."""
+        times = [*self.epochs, current]
+        times = times[1:] if len(times) > 1 else times
+        return sum(times) / len(times)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -520,9 +529,8 @@ def _progress_bar(cfg: TrainConfig, steps: int, start_epoch: int) -> Any:
     return tqdm(total=cfg.epochs * steps, initial=start_epoch * steps, dynamic_ncols=True, leave=False)
 
 
-def _print_epoch(r: dict[str, Any], epochs: int, metric: str, bar: Any) -> None:
+def _print_epoch(r: dict[str, Any], epochs: int, metric: str, bar: Any, eta: float) -> None:
     done = r["epoch"]
-    eta = (epochs - done) * r["wall_time_s"] / max(done, 1)  # includes evaluation, unlike the bar's rate
     line = f"epoch {done}/{epochs}  loss {r['train_loss']:.3f}  train acc {100 * r['train_acc']:.1f}%"
     if metric in r:
         line += (

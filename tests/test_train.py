@@ -173,6 +173,16 @@ def test_time_limit_estimates_the_next_epoch_from_recent_epochs_without_the_warm
     assert train_mod.TimeLimit(None).next_epoch_fits()
 
 
+def test_eta_pace_is_this_processs_epochs_without_the_first():
+    # a resumed run's earlier pieces (other threads, another machine) do not enter the pace
+    limit = train_mod.TimeLimit(None)
+    assert limit.mean_epoch(300.0) == 300.0  # the first epoch alone: all there is
+    limit.epoch_done(300.0)  # compilation
+    assert limit.mean_epoch(60.0) == 60.0
+    limit.epoch_done(60.0)
+    assert limit.mean_epoch(80.0) == 70.0
+
+
 def test_max_time_stops_after_a_whole_epoch_and_the_resumed_run_ends_as_an_uninterrupted_one(
     tmp_path, capsys
 ):
