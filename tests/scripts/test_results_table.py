@@ -97,3 +97,21 @@ def test_runs_trained_in_pieces_join_the_tables_with_their_command_budget_and_th
     head = results_table.headline(runs, 40.55e6)
     assert head.startswith("Headline (500-epoch GPU runs of the paper's recipe")
     assert "| resnet20_e500 |" in head and "| gated_resnet32_budget0.585_e500 |" in head
+
+
+def test_headline_keeps_the_longest_protocol_when_no_gated_run_is_within_resnet20s_macs(tmp_path):
+    # a gated run 0.1% above resnet20's MACs stays the headline's, said as it is (not the shorter protocol's)
+    results = tmp_path / "cifar10"
+    shutil.copytree(ROOT / "results" / "cifar10" / "resnet20_e36_gpu", results / "resnet20_e36_gpu")
+    shutil.copytree(
+        ROOT / "results" / "cifar10" / "gated_resnet32_bs10_l0_0.001_e36_gpu",
+        results / "gated_resnet32_bs10_l0_0.001_e36_gpu",
+    )
+    fake_run(results, "resnet20_paper_e500_gpu", "resnet20", 500, 40.55e6, 0.92, "cifar10_resnet20")
+    for name, macs in (("gated_a_paper_e500_gpu", 40.6e6), ("gated_b_paper_e500_gpu", 40.8e6)):
+        fake_run(results, name, "gated_resnet32", 500, macs, 0.921, "cifar10_gated_resnet32")
+    head = results_table.headline(results_table.load_runs(results), 40.55e6)
+    assert head.startswith("Headline (500-epoch GPU runs of the paper's recipe")
+    assert "the cheapest of the 2 batch-shaping gated_resnet32 runs, none of which is at or below" in head
+    assert "+0.10 points of top-1 against resnet20 at 1.0012 times its mean MACs" in head
+    assert "| gated_a_paper_e500_gpu |" in head and "gated_b" not in head
