@@ -61,7 +61,8 @@ def machine_description(device: torch.device) -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     bf16 = "AVX512-BF16/AMX" if cpu_has_fast_bf16() else "no fast bf16"
-    return f"{cpu} ({bf16}), {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    return f"{cpu} ({bf16}), {os.cpu_count()} cores, {n} thread{'' if n == 1 else 's'}"
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
