@@ -19,16 +19,19 @@ from batchshaping.analysis.numbers import build_analysis
 from batchshaping.analysis.outputs import describe_outputs, prepare_out, written_files
 from batchshaping.analysis.report import analyze_checkpoint, analyze_data, analyze_model
 from batchshaping.analysis.stats import (
+    auc,
     gate_classes,
     per_class_means,
     per_layer_counts,
     rankdata,
     spearman,
+    spearman_interval,
 )
 
 __all__ = [
     "PassResult",
     "analyze_checkpoint",
+    "auc",
     "analyze_data",
     "analyze_model",
     "build_analysis",
@@ -44,5 +47,6 @@ __all__ = [
     "render_report",
     "run_kind",
     "spearman",
+    "spearman_interval",
     "written_files",
 ]

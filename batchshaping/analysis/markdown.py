@@ -160,17 +160,31 @@ def _correct_vs_incorrect_section(a: dict[str, Any], macs: MacFormat, figs: dict
             f"| {name} | {ci[name]['images']} | {macs(ci[name]['macs_mean'])} | "
             f"{'n/a' if e is None else f'{e:.3f}'} |"
         )
+    auc = a.get("incorrect_more_macs")
+    if auc is not None and auc["auc"] is not None:
+        lo, hi = auc["ci95"]
+        lines += [
+            "",
+            f"A misclassified image gets more MACs than a correctly classified one in "
+            f"**{100 * auc['auc']:.1f}%** of the pairs (ties count half; 95% CI {100 * lo:.1f}-"
+            f"{100 * hi:.1f}%; 50%: compute does not follow errors).",
+        ]
     return [*lines, "", *_figure(figs, "macs_correct", "MACs of correct and incorrect images")]
 
 
 def _difficulty_section(a: dict[str, Any], figs: dict[str, str]) -> list[str]:
     """Rank correlations of the per-image MACs with the entropy and the loss."""
-    rho = a["spearman"]
+    rho, ci = a["spearman"], a.get("spearman_ci95", {})
+
+    def with_ci(key: str) -> str:
+        lo, hi = ci.get(key) or (None, None)
+        return f"**{_rho(rho[key])}**" + ("" if lo is None else f" (95% CI {lo:+.3f} to {hi:+.3f})")
+
     return [
         "### Compute versus difficulty",
         "",
         f"Spearman rank correlation of the per-image MACs with the prediction entropy: "
-        f"**{_rho(rho['macs_vs_entropy'])}**; with the loss: **{_rho(rho['macs_vs_loss'])}** "
+        f"{with_ci('macs_vs_entropy')}; with the loss: {with_ci('macs_vs_loss')} "
         "(positive: harder images get more compute).",
         "",
         *_figure(figs, "macs_difficulty", "MACs versus entropy and loss"),

@@ -20,12 +20,14 @@ import numpy as np
 from batchshaping.analysis.collect import PassResult
 from batchshaping.analysis.stats import (
     GATE_CLASSES,
+    auc,
     class_fractions,
     extremes,
     gate_classes,
     per_class_means,
     per_layer_counts,
     spearman,
+    spearman_interval,
     split_layers,
     summarize,
 )
@@ -98,12 +100,14 @@ def build_analysis(
 def _classification_numbers(res: PassResult, class_names: Sequence[str]) -> dict[str, Any]:
     """Rank correlations of MACs with entropy and loss, correct versus incorrect, per class, extremes."""
     most, fewest = extremes(res.macs, GRID_IMAGES, tiebreak=res.entropy)
+    rho = {"macs_vs_entropy": spearman(res.macs, res.entropy), "macs_vs_loss": spearman(res.macs, res.loss)}
+    a, lo, hi = auc(res.macs, ~res.correct)
     return {
-        "spearman": {
-            "macs_vs_entropy": spearman(res.macs, res.entropy),
-            "macs_vs_loss": spearman(res.macs, res.loss),
-        },
+        "spearman": rho,
+        "spearman_ci95": {k: list(spearman_interval(v, len(res.macs))) for k, v in rho.items()},
         "correct_vs_incorrect": _correct_vs_incorrect(res),
+        # P(a misclassified image gets more MACs than a correct one): 0.5 when compute ignores errors
+        "incorrect_more_macs": {"auc": a, "ci95": [lo, hi]},
         "per_class": _per_class(res, class_names),
         "extremes": {
             "most_macs": [_image_record(res, int(i), class_names) for i in most],

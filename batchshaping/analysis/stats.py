@@ -8,7 +8,9 @@ other gate is *conditional*.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 from torch import Tensor
@@ -97,6 +99,44 @@ def spearman(a: ArrayLike, b: ArrayLike) -> float:
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
     return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+
+
+def _z(level: float) -> float:
+    if not 0 < level < 1:
+        raise ValueError(f"a confidence level lies in (0, 1), got {level}")
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def spearman_interval(rho: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of a Spearman correlation ``rho`` of ``n`` pairs: Fisher's z with the standard
+    error of Bonett & Wright (2000), ``sqrt((1 + rho^2 / 2) / (n - 3))``, which holds for rank
+    correlations where Fisher's ``1 / sqrt(n - 3)`` is too narrow. (nan, nan) for a NaN rho or n < 4."""
+    if not math.isfinite(rho) or n < 4:
+        return float("nan"), float("nan")
+    z = math.atanh(min(max(rho, -1 + 1e-12), 1 - 1e-12))
+    half = _z(level) * math.sqrt((1 + rho * rho / 2) / (n - 3))
+    return math.tanh(z - half), math.tanh(z + half)
+
+
+def auc(values: ArrayLike, positive: ArrayLike, level: float = 0.95) -> tuple[float, float, float]:
+    """How often a positive's value exceeds a negative's: the probability that ``values`` (N,) of a random
+    positive (``positive`` (N,) bools) is larger than that of a random negative, ties counting half (the
+    area under the ROC curve, Mann-Whitney's U / (n_pos * n_neg)); 0.5: no relation. Returns (auc, low,
+    high) with the confidence interval of Hanley & McNeil (1982); all NaN when a group is empty.
+    """
+    v = _np(values).astype(np.float64).reshape(-1)
+    pos = _np(positive).astype(bool).reshape(-1)
+    if len(v) != len(pos):
+        raise ValueError(f"auc needs values and labels of the same length, got {len(v)} and {len(pos)}")
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan"), float("nan"), float("nan")
+    u = rankdata(v)[pos].sum() - n1 * (n1 + 1) / 2
+    a = float(u / (n1 * n0))
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    se = math.sqrt(max(a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a), 0.0) / (n1 * n0))
+    half = _z(level) * se
+    return a, max(a - half, 0.0), min(a + half, 1.0)
 
 
 def per_class_means(values: ArrayLike, labels: ArrayLike, num_classes: int) -> np.ndarray:

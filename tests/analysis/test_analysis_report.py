@@ -60,6 +60,15 @@ def test_report_references_existing_plots_and_json_is_consistent(gated_run, tmp_
     assert ci["correct"]["images"] + ci["incorrect"]["images"] == 30
     assert ci["correct"]["images"] / 30 == pytest.approx(a["top1"])
     assert np.isfinite(a["spearman"]["macs_vs_entropy"])  # MACs vary with the planted gates
+    lo, hi = a["spearman_ci95"]["macs_vs_entropy"]
+    assert lo < a["spearman"]["macs_vs_entropy"] < hi and "(95% CI " in report
+    wrong = per_image["pred"] != per_image["label"]
+    assert 0 < wrong.sum() < 30  # the fixture gets some right and some wrong
+    # the share of (incorrect, correct) pairs where the incorrect image costs more, ties counting half
+    pairs = per_image["macs"][wrong][:, None] - per_image["macs"][~wrong][None, :]
+    want = (pairs > 0).mean() + 0.5 * (pairs == 0).mean()
+    assert a["incorrect_more_macs"]["auc"] == pytest.approx(want)
+    assert "A misclassified image gets more MACs than a correctly classified one in **" in report
     most = a["extremes"]["most_macs"]
     assert [r["macs"] for r in most] == sorted((r["macs"] for r in most), reverse=True)
     assert most[0]["macs"] == per_image["macs"].max()
@@ -83,6 +92,7 @@ def test_forced_gates_give_all_always_on_or_all_always_off(gated_run, tmp_path):
         assert a["gates"]["fractions"][want] == 1.0
         assert a["macs"]["per_image"]["min"] == a["macs"]["per_image"]["max"]
         assert a["spearman"]["macs_vs_entropy"] is None  # constant MACs: no rank correlation (JSON null)
+        assert a["spearman_ci95"]["macs_vs_entropy"] == [None, None]
     report = (tmp_path / "report.md").read_text()
     assert (
         "![" not in report

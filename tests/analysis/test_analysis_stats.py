@@ -1,4 +1,5 @@
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from batchshaping.analysis import (
     rankdata,
     spearman,
 )
-from batchshaping.analysis.stats import class_fractions, extremes, split_layers
+from batchshaping.analysis.stats import auc, class_fractions, extremes, spearman_interval, split_layers
 from batchshaping.data import TensorLoader
 from batchshaping.evaluation import evaluate, gate_class_fractions
 from batchshaping.gates import force_gates, gate_modules
@@ -71,6 +72,43 @@ def test_spearman_and_ranks_match_scipy_with_ties():
     assert math.isnan(spearman(np.ones(10), np.arange(10)))  # constant (dense model MACs)
     with pytest.raises(ValueError, match="same length"):
         spearman([1, 2], [1, 2, 3])
+
+
+def test_spearman_interval_covers_the_population_correlation_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    r, n, trials = 0.3, 100, 400
+    population = 6 / math.pi * math.asin(r / 2)  # Spearman's rho of a bivariate normal with Pearson r
+    cov = [[1, r], [r, 1]]
+    hits = 0
+    for _ in range(trials):
+        x = rng.multivariate_normal([0, 0], cov, n)
+        lo, hi = spearman_interval(spearman(x[:, 0], x[:, 1]), n)
+        hits += lo <= population <= hi
+    assert 0.92 <= hits / trials <= 0.98
+    lo, hi = spearman_interval(0.0, 10_003)  # at 0 the half-width is z * sqrt(1 / (n - 3))
+    assert hi == pytest.approx(-lo) and hi == pytest.approx(math.tanh(1.959964 / 100), rel=1e-5)
+    assert all(math.isnan(v) for v in spearman_interval(float("nan"), 100) + spearman_interval(0.5, 3))
+
+
+def test_auc_is_mann_whitney_u_over_the_pairs_and_its_interval_covers_95_percent():
+    rng = np.random.default_rng(2)
+    v = rng.integers(0, 6, 300).astype(float)  # ties count half
+    pos = rng.random(300) < 0.3
+    want = scipy.stats.mannwhitneyu(v[pos], v[~pos]).statistic / (pos.sum() * (~pos).sum())
+    assert auc(v, pos)[0] == pytest.approx(want, abs=1e-12)
+    assert auc([1.0, 2.0, 3.0, 4.0], [False, False, True, True])[0] == 1.0
+    assert auc([1.0, 1.0], [True, False])[0] == 0.5
+    assert all(math.isnan(x) for x in auc([1.0, 2.0], [True, True]))
+    shift, hits, trials = 0.5, 0, 400
+    population = NormalDist().cdf(shift / math.sqrt(2))  # P(X1 > X0), X1 ~ N(shift, 1), X0 ~ N(0, 1)
+    for _ in range(trials):
+        values = np.concatenate([rng.normal(shift, 1, 80), rng.normal(0, 1, 120)])
+        a, lo, hi = auc(values, np.arange(200) < 80)
+        assert lo <= a <= hi
+        hits += lo <= population <= hi
+    assert 0.92 <= hits / trials <= 0.98
+    with pytest.raises(ValueError, match="same length"):
+        auc([1.0, 2.0], [True])
 
 
 def test_per_class_means_by_hand():
