@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.run_folder = out  # for the Ctrl-C message
     summary = train(cfg, out, args.data_dir, args.resume)
     shutdown_distributed()
-    if "stopped_after" in summary:  # max_time: fit said where it stopped and how to continue
+    if "stopped_after" in summary or summary.get("already_finished"):  # fit said what happened
         return 0
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         print(summary_text(summary))

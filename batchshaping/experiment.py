@@ -160,8 +160,10 @@ def train(
 ) -> dict[str, Any]:
     """``batchshaping train``: data, model (seeded from ``cfg.seed``; warm-started from ``cfg.pretrained``
     on a new run), then :func:`~batchshaping.train.fit`. The data folder is recorded in the run's config."""
-    from batchshaping.train import fit
+    from batchshaping.train import finished_run, fit
 
+    if resume and (done := finished_run(out_dir)) is not None:  # before loading any data
+        return done
     data = load_data(cfg, data_dir)
     cfg.data.root = str(data.root.resolve())
     torch.manual_seed(cfg.seed)  # the same initial weights for a seed, on every rank

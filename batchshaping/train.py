@@ -92,6 +92,8 @@ def fit(
     last.pt, best.pt and summary.json; ``resume`` continues from ``out_dir/last.pt``. A run stopped by
     ``cfg.max_time`` returns ``{"stopped_after": epoch, ...}`` and writes no summary.json.
     """
+    if resume and out_dir is not None and (done := finished_run(out_dir)) is not None:
+        return done
     limit = TimeLimit(cfg.max_time, cfg.eval_every)  # counted from here
     task, num_classes = data.task, data.num_classes
     dist_info = init_distributed()
@@ -341,6 +343,23 @@ def resumable(out: str | Path) -> Path:
     if not last.is_file():
         raise ConfigError(f"--resume: {str(out)!r} has no last.pt; nothing to resume")
     return last
+
+
+def finished_run(out: str | Path) -> dict[str, Any] | None:
+    """The summary of the finished run in ``out`` (its summary.json) with ``"already_finished": True``, and
+    a line that says so: resuming it trains nothing and writes nothing. None if it has not finished."""
+    path = Path(out) / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if init_distributed().is_main:
+        epochs = summary.get("epochs")
+        print(
+            f"{out} has finished (epoch {epochs}/{epochs}, {path.name}): nothing to resume, nothing written. "
+            f"Evaluate it with `batchshaping eval {out}`; to train on from its weights, start a new run with "
+            f"--set pretrained={out}/last.pt"
+        )
+    return {**summary, "already_finished": True}
 
 
 def _prepare_run_folder(out: Path, cfg: TrainConfig, resume: bool) -> None:

@@ -93,6 +93,25 @@ def test_train_says_where_it_writes_and_eval_finds_the_runs_data(tmp_path, cifar
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and metrics["macs_dense"] == summary["macs_dense"]
 
 
+def test_resuming_a_finished_run_trains_nothing_and_writes_nothing(tmp_path, cifar_dir, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(cifar_dir), "--out", str(out), *sets(*SMALL, "epochs=1")]) == 0
+    capsys.readouterr()
+
+    def files() -> dict[str, tuple[int, bytes]]:
+        return {
+            str(p.relative_to(out)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in out.rglob("*")
+            if p.is_file()
+        }
+
+    before = files()
+    assert main(["train", "--out", str(out), "--resume", "--set", "threads=1"]) == 0
+    said = capsys.readouterr().out
+    assert f"{out} has finished (epoch 1/1, summary.json): nothing to resume, nothing written" in said
+    assert "wrote" not in said and files() == before  # no new history record, summary or TensorBoard file
+
+
 def test_evals_data_not_found_error_suggests_an_option_eval_has(tmp_path, capsys):
     from batchshaping.checkpoint import TrainingState
     from batchshaping.config import load_config
