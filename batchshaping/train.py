@@ -90,7 +90,8 @@ def fit(
 
     ``out_dir`` receives config.yaml (written once, when the run starts), log.jsonl, history.jsonl, tb/,
     last.pt, best.pt and summary.json; ``resume`` continues from ``out_dir/last.pt``. A run stopped by
-    ``cfg.max_time`` returns ``{"stopped_after": epoch, ...}`` and writes no summary.json.
+    ``cfg.max_time`` returns ``{"stopped_after": epoch, ...}`` and writes no summary.json; resuming a finished
+    run (summary.json) returns its summary with ``"already_finished": True`` and writes nothing.
     """
     if resume and out_dir is not None and (done := finished_run(out_dir)) is not None:
         return done
