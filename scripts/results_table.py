@@ -154,15 +154,17 @@ def headline(runs: list[dict], r20_macs: float) -> str:
         if within:
             best = max(within, key=lambda r: r["s"]["top1"])
             which = (
-                f"the most accurate of the {len(within)} batch-shaping gated_resnet32 "
-                f"run{'s' if len(within) > 1 else ''} at or below resnet20's MACs"
-            )
+                f"the most accurate of the {len(within)} batch-shaping gated_resnet32 runs"
+                if len(within) > 1
+                else "the batch-shaping gated_resnet32 run"
+            ) + " at or below resnet20's MACs"
         else:
             best = min(gated, key=lambda r: r["s"]["macs_mean"])
             which = (
-                f"the cheapest of the {len(gated)} batch-shaping gated_resnet32 run"
-                f"{'s' if len(gated) > 1 else ''}, none of which is at or below resnet20's MACs"
-            )
+                f"the cheapest of the {len(gated)} batch-shaping gated_resnet32 runs, none of which is"
+                if len(gated) > 1
+                else "the batch-shaping gated_resnet32 run, which is not"
+            ) + " at or below resnet20's MACs"
         s = best["s"]
         points, ratio = 100 * (s["top1"] - d["top1"]), s["macs_mean"] / d["macs_mean"]
         return (

@@ -97,6 +97,7 @@ def test_runs_trained_in_pieces_join_the_tables_with_their_command_budget_and_th
     head = results_table.headline(runs, 40.55e6)
     assert head.startswith("Headline (500-epoch GPU runs of the paper's recipe")
     assert "| resnet20_e500 |" in head and "| gated_resnet32_budget0.585_e500 |" in head
+    assert "The gated row is the batch-shaping gated_resnet32 run at or below resnet20's MACs: +0.40" in head
 
 
 def test_headline_keeps_the_longest_protocol_when_no_gated_run_is_within_resnet20s_macs(tmp_path):
