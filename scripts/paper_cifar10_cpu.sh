@@ -9,8 +9,10 @@
 # Finished runs are skipped. Output is appended to
 # <run>/train.log. Commit the run folders (config.yaml, log.jsonl, history.jsonl, train.log, last.pt) after
 # each piece, then refresh RESULTS.md with `python scripts/paper_progress.py --write`.
+# SEED=N (default 0) trains the same three runs with another seed, in folders named <run>_sN.
 #
 #   MAX_TIME=2h30m bash scripts/paper_cifar10_cpu.sh
+#   SEED=1 MAX_TIME=2h30m bash scripts/paper_cifar10_cpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAX_TIME=${MAX_TIME:-2h30m}
@@ -18,9 +20,19 @@ DATA=${DATA:-../shared/data/cifar10}
 OUT=${OUT:-results/cifar10_paper}
 PYTHON=${PYTHON:-python}
 CORES=${CORES:-$(nproc)}
+SEED=${SEED:-0}
 MIN_START=${MIN_START:-900}  # seconds: a run is not started with less time left (compilation + an epoch)
 seconds=$("$PYTHON" -c 'import sys; from batchshaping.config import parse_duration as p; print(int(p(sys.argv[1])))' "$MAX_TIME")
 END=$(($(date +%s) + seconds))
+case "$SEED" in '' | *[!0-9]*)
+  echo "SEED must be a non-negative integer, got '$SEED'" >&2
+  exit 2
+  ;;
+esac
+SUFFIX=$([ "$SEED" -eq 0 ] || echo "_s$SEED")  # seed 0's folders keep their names
+R20=resnet20_e500$SUFFIX
+BS=gated_resnet32_budget0.585_e500$SUFFIX
+L0=gated_resnet32_l0only_budget0.585_e500$SUFFIX
 
 finished() { [ -f "$OUT/$1/summary.json" ]; }
 piece() {  # run name, recipe, threads, options of a new run: start or resume it, until END
@@ -37,27 +49,27 @@ piece() {  # run name, recipe, threads, options of a new run: start or resume it
   else
     mkdir -p "$out"
     nice -n 5 "$PYTHON" -m batchshaping train --config "$recipe" --data-dir "$DATA" --out "$out" \
-      --set threads="$threads" --set progress=false --set max_time="$left" "$@" >>"$out/train.log" 2>&1
+      --set threads="$threads" --set progress=false --set max_time="$left" --set seed="$SEED" "$@" \
+      >>"$out/train.log" 2>&1
   fi
 }
 
 # two lanes: resnet20, and the batch-shaping run then the L0-only run
 lane_a=1 lane_b=1
-if finished resnet20_e500; then lane_a=0; fi
-if finished gated_resnet32_budget0.585_e500 && finished gated_resnet32_l0only_budget0.585_e500; then lane_b=0; fi
+if finished "$R20"; then lane_a=0; fi
+if finished "$BS" && finished "$L0"; then lane_b=0; fi
 if [ $((lane_a + lane_b)) -eq 0 ]; then
-  echo "all runs in $OUT have finished"
+  echo "all runs of seed $SEED in $OUT have finished"
   exit 0
 fi
 threads=$((CORES / (lane_a + lane_b) > 0 ? CORES / (lane_a + lane_b) : 1))
 if [ "$lane_a" -eq 1 ]; then
-  piece resnet20_e500 cifar10_resnet20 "$threads" &
+  piece "$R20" cifar10_resnet20 "$threads" &
 fi
 if [ "$lane_b" -eq 1 ]; then
-  (piece gated_resnet32_budget0.585_e500 cifar10_gated_resnet32_budget "$threads" --set step=compile &&
-    finished gated_resnet32_budget0.585_e500 &&
-    piece gated_resnet32_l0only_budget0.585_e500 cifar10_gated_resnet32_l0only_budget "$threads" \
-      --set step=compile) &
+  (piece "$BS" cifar10_gated_resnet32_budget "$threads" --set step=compile &&
+    finished "$BS" &&
+    piece "$L0" cifar10_gated_resnet32_l0only_budget "$threads" --set step=compile) &
 fi
 wait
 tail -n 2 "$OUT"/*/train.log 2>/dev/null || true

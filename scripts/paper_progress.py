@@ -2,7 +2,8 @@
 a table of where each run stands, and a plot of test top-1 and mean MACs over training against each other
 and the 36-epoch GPU runs (results/cifar10/*_e36_gpu); once resnet20 and a batch-shaping gated run have
 finished, the verdict on the paper's claim (a) under the table; once a batch-shaping and an L0-only gated run
-with the same MAC target have finished, the verdict on claim (b).
+with the same MAC target have finished, the verdict on claim (b). Runs are paired by seed (scripts/
+paper_cifar10_cpu.sh's SEED); with several seeds the verdicts end with the mean over them.
 
     python scripts/paper_progress.py            # prints the table
     python scripts/paper_progress.py --write     # and replaces it in RESULTS.md, writes the plot
@@ -143,33 +144,61 @@ def judge(claim: str, subject: str, against: str, s: dict, base: dict, excess: f
     )
 
 
-def verdict(runs: list[dict]) -> str | None:
-    """Claim (a) once resnet20 and a batch-shaping gated_resnet32 run have finished: is the gated network at
-    or below resnet20's mean MACs more accurate? None before."""
-    done = [r for r in runs if r["summary"]]
-    dense = [r for r in done if r["cfg"]["model"] == "resnet20"]
-    gated = [r for r in done if r["cfg"]["model"].startswith("gated_") and r["cfg"]["loss"]["bs_weight"] > 0]
-    if not dense or not gated:
+def seed(r: dict) -> int:
+    return r["cfg"].get("seed", 0)
+
+
+def over_seeds(claim: str, pairs: list[tuple[dict, dict]]) -> str | None:
+    """With two or more seeds, a line on the mean over them of (subject, base) summary pairs, one per seed:
+    one seed's margin is of the order of seed noise, the mean and the spread of the margins are what count."""
+    if len(pairs) < 2:
         return None
-    d = dense[0]["summary"]
+    points = [100 * (s["top1"] - b["top1"]) for s, b in pairs]
+    ratios = [s["macs_mean"] / b["macs_mean"] for s, b in pairs]
+    spread = statistics.stdev(points)
+    return (
+        f"Claim ({claim}) over {len(pairs)} seeds: {statistics.mean(points):+.2f} points on average (sd "
+        f"{spread:.2f}; per seed {', '.join(f'{x:+.2f}' for x in points)}), mean MAC ratio "
+        f"{statistics.mean(ratios):.3f}; more accurate in {sum(x > 0 for x in points)} of {len(pairs)} seeds."
+    )
+
+
+def verdict(runs: list[dict]) -> str | None:
+    """Claim (a) once resnet20 and a batch-shaping gated_resnet32 run of the same seed have finished: is the
+    gated network at or below resnet20's mean MACs more accurate? With several seeds of one recipe (MAC
+    target), also the mean over them. None before."""
+    done = [r for r in runs if r["summary"]]
+    dense = {seed(r): r for r in done if r["cfg"]["model"] == "resnet20"}
+    gated = [r for r in done if r["cfg"]["model"].startswith("gated_") and r["cfg"]["loss"]["bs_weight"] > 0]
     costly = "above resnet20's MACs"
-    return "\n\n".join(judge("a", r["run"], "resnet20's ", r["summary"], d, 0.0, costly) for r in gated)
+    lines, pairs = [], {}
+    for r in gated:
+        if seed(r) not in dense:
+            continue
+        d = dense[seed(r)]["summary"]
+        lines.append(judge("a", r["run"], "resnet20's ", r["summary"], d, 0.0, costly))
+        pairs.setdefault(r["cfg"]["loss"].get("macs_target"), []).append((r["summary"], d))
+    means = [m for m in (over_seeds("a", p) for p in pairs.values()) if m]
+    return "\n\n".join(lines + means) or None
 
 
 def verdict_b(runs: list[dict]) -> str | None:
-    """Claim (b) once a batch-shaping and an L0-only (bs_weight 0) gated run with the same MAC target have
-    finished: is batch-shaping more accurate at equal cost (MACs at most EQUAL_COST above)? None before."""
+    """Claim (b) once a batch-shaping and an L0-only (bs_weight 0) gated run with the same MAC target and
+    seed have finished: is batch-shaping more accurate at equal cost (MACs at most EQUAL_COST above)? With
+    several seeds of one target, also the mean over them. None before."""
     done = [r for r in runs if r["summary"] and r["cfg"]["model"].startswith("gated_")]
-    lines = []
+    lines, pairs = [], {}
     for bs in (r for r in done if r["cfg"]["loss"]["bs_weight"] > 0):
         target = bs["cfg"]["loss"].get("macs_target")
         for l0 in (r for r in done if r["cfg"]["loss"]["bs_weight"] == 0):
-            if target is None or l0["cfg"]["loss"].get("macs_target") != target:
+            if target is None or l0["cfg"]["loss"].get("macs_target") != target or seed(l0) != seed(bs):
                 continue
             subject = f"{bs['run']} against {l0['run']} (MAC target {target})"
             costly = f"more than {100 * EQUAL_COST:.0f}% more MACs"
             lines.append(judge("b", subject, "", bs["summary"], l0["summary"], EQUAL_COST, costly))
-    return "\n\n".join(lines) or None
+            pairs.setdefault(target, []).append((bs["summary"], l0["summary"]))
+    means = [m for m in (over_seeds("b", p) for p in pairs.values()) if m]
+    return "\n\n".join(lines + means) or None
 
 
 def main() -> None:
@@ -188,7 +217,8 @@ def main() -> None:
         return
     curves = []
     for r in runs:
-        style = {"color": color(r["cfg"]), "marker": "o", "ms": 3}
+        # seeds share their model's colour; seed 0 round markers, the others square
+        style = {"color": color(r["cfg"]), "marker": "s" if seed(r) else "o", "ms": 3}
         curves.append({"label": r["run"], "epochs": r["cfg"]["epochs"], "log": r["log"], "style": style})
     for d in sorted(GPU36.glob("*_e36_gpu")):
         if d.name.startswith(("resnet20", "gated_resnet32_bs_")):

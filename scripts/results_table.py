@@ -93,15 +93,21 @@ def row(r: dict, r20_macs: float) -> str:
         if loss.get("macs_target") is not None:
             l0 = f"{l0} (MAC target {loss['macs_target']})"
     command = f"{env} bash scripts/reproduce_cifar10.sh {name}"
-    if r["pieces"]:
-        command = "MAX_TIME=2h30m bash scripts/paper_cifar10_cpu.sh"  # repeated until the runs finish
+    if r["pieces"]:  # repeated until the runs finish
+        command = ("" if not seed else f"SEED={seed} ") + "MAX_TIME=2h30m bash scripts/paper_cifar10_cpu.sh"
     return (
         f"| {r['run']} | {s['model']} | {bs} | {l0} | {100 * s['top1']:.2f}% | "
         f"{s['macs_mean'] / 1e6:.2f} | "
         f"{s['mac_ratio']:.3f} | {s['macs_mean'] / r20_macs:.3f} | {gates} | {epochs} | "
-        f"{wall(s['wall_time_s'])} | {s.get('machine', s['device'])} ({s['precision']}) | "
+        f"{wall(s['wall_time_s'])} | {machine(s)} ({s['precision']}) | "
         f"`{command}` |"
     )
+
+
+def machine(s: dict) -> str:
+    """The summary's machine (its device before machine was recorded); runs written before the package said
+    "1 thread" read "1 threads"."""
+    return s.get("machine", s["device"]).replace(" 1 threads", " 1 thread")
 
 
 def wall(seconds: float) -> str:
@@ -138,14 +144,19 @@ def tables(runs: list[dict], r20_macs: float) -> str:
 
 
 def headline(runs: list[dict], r20_macs: float) -> str:
-    """resnet20 against a batch-shaping gated_resnet32 run of the longest protocol that has both: the most
-    accurate one at or below resnet20's MACs, else (none is) the cheapest, and how the two compare."""
+    """resnet20 against a batch-shaping gated_resnet32 run of the longest protocol that has both, of the same
+    seed: the most accurate one at or below resnet20's MACs, else (none is) the cheapest, and how the two
+    compare."""
     for p in protocols(runs):
         dense = [r for r in runs if protocol(r) == p and r["s"]["model"] == "resnet20"]
+        seeds = [r["cfg"].get("seed", 0) for r in dense[:1]]  # the first resnet20 run's seed (sorted: 0)
         gated = [
             r
             for r in runs
-            if protocol(r) == p and r["s"]["model"] == "gated_resnet32" and r["cfg"]["loss"]["bs_weight"] > 0
+            if protocol(r) == p
+            and r["s"]["model"] == "gated_resnet32"
+            and r["cfg"]["loss"]["bs_weight"] > 0
+            and r["cfg"].get("seed", 0) in seeds
         ]
         if not dense or not gated:
             continue

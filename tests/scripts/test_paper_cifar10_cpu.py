@@ -29,6 +29,7 @@ def piece(
     done: tuple[str, ...] = (),
     started: tuple[str, ...] = (),
     min_start: int = 900,
+    seed: str | None = None,
 ) -> list[str]:
     """Run the script once; the training calls it made, one line each: '<run> <arguments>'."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,8 @@ def piece(
     env = dict(os.environ, PYTHON=str(fake), OUT=str(out), CORES="2", MAX_TIME="2h", FINISH=finish)
     env["MIN_START"] = str(min_start)
     env["CALLS"] = str(calls)
+    if seed is not None:
+        env["SEED"] = seed
     script = ROOT / "scripts/paper_cifar10_cpu.sh"
     res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -88,3 +91,28 @@ def test_the_last_unfinished_run_gets_every_core_and_finished_runs_are_skipped(t
 
 def test_no_run_starts_with_less_time_left_than_a_compilation_and_an_epoch(tmp_path: Path):
     assert piece(tmp_path, started=(R20, BS), min_start=3 * 3600) == []  # more than MAX_TIME
+
+
+def test_another_seed_trains_the_same_runs_in_their_own_folders(tmp_path: Path):
+    calls = piece(tmp_path, done=(R20, BS, L0), seed="1")  # seed 0's finished runs do not count
+    assert [c.split()[0] for c in calls] == [BS + "_s1", R20 + "_s1"]
+    assert all("--set seed=1" in c and "--set threads=1" in c for c in calls)
+    assert all(f"/{c.split()[0]} " in c for c in calls)  # --out is the seed's own folder
+    assert "--set seed=0" in piece(tmp_path / "default")[0]
+    calls = piece(tmp_path / "later", finish=BS + "_s1", done=(R20 + "_s1",), started=(BS + "_s1",), seed="1")
+    assert [c.split()[0] for c in calls] == [BS + "_s1", L0 + "_s1"]
+    assert "--resume" in calls[0] and "--set seed=1" in calls[1] and "--set threads=2" in calls[1]
+
+
+def test_a_seed_that_is_not_a_number_is_refused_before_anything_runs(tmp_path: Path):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = dict(
+        os.environ, PYTHON=str(fake), OUT=str(tmp_path / "runs"), SEED="one", CALLS=str(tmp_path / "c")
+    )
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts/paper_cifar10_cpu.sh")], env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 2 and "SEED must be a non-negative integer, got 'one'" in res.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "c").exists()

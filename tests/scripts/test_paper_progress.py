@@ -11,9 +11,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import paper_progress  # noqa: E402
 
 
-def fake(run: str, model: str, bs: float, top1: float | None, macs: float) -> dict:
+def fake(run: str, model: str, bs: float, top1: float | None, macs: float, seed: int = 0) -> dict:
     summary = None if top1 is None else {"top1": top1, "macs_mean": macs}
-    return {"run": run, "cfg": {"model": model, "loss": {"bs_weight": bs}}, "summary": summary}
+    return {"run": run, "cfg": {"model": model, "loss": {"bs_weight": bs}, "seed": seed}, "summary": summary}
 
 
 def test_the_verdict_waits_for_both_runs_and_needs_more_accuracy_at_no_more_macs():
@@ -30,8 +30,8 @@ def test_the_verdict_waits_for_both_runs_and_needs_more_accuracy_at_no_more_macs
     assert paper_progress.verdict([r20, no_bs]) is None
 
 
-def gated(run: str, bs: float, target: float | None, top1: float | None, macs: float) -> dict:
-    r = fake(run, "gated_resnet32", bs, top1, macs)
+def gated(run: str, bs: float, target: float | None, top1: float | None, macs: float, seed: int = 0) -> dict:
+    r = fake(run, "gated_resnet32", bs, top1, macs, seed)
     r["cfg"]["loss"]["macs_target"] = target
     return r
 
@@ -47,6 +47,31 @@ def test_claim_b_pairs_runs_of_one_mac_target_and_needs_more_accuracy_at_equal_c
     assert costly.startswith("Claim (b) does not hold") and costly.endswith(": more than 1% more MACs.")
     worse = paper_progress.verdict_b([bs_run, gated("l0", 0.0, 0.585, 0.93, 40.2e6)])
     assert worse.endswith(": not more accurate.")
+
+
+def test_runs_are_judged_against_their_own_seed_and_several_seeds_get_their_mean():
+    r20 = fake("r20", "resnet20", 0.0, 0.92, 40.55e6)
+    r20_s1 = fake("r20_s1", "resnet20", 0.0, 0.915, 40.55e6, seed=1)
+    g_s1 = gated("g_s1", 0.75, 0.585, 0.918, 40.3e6, seed=1)
+    # seed 1's gated run beats seed 1's resnet20, not seed 0's; without seed 1's resnet20 there is no verdict
+    assert paper_progress.verdict([r20, g_s1]) is None
+    one = paper_progress.verdict([r20, r20_s1, g_s1])
+    assert one.startswith("Claim (a) holds for g_s1") and "+0.30 points" in one and "over" not in one
+    g = gated("g", 0.75, 0.585, 0.925, 40.2e6)
+    both = paper_progress.verdict([r20, r20_s1, g, g_s1]).split("\n\n")
+    assert len(both) == 3 and both[0].startswith("Claim (a) holds for g:") and "+0.50 points" in both[0]
+    assert both[2] == (
+        "Claim (a) over 2 seeds: +0.40 points on average (sd 0.14; per seed +0.50, +0.30), mean MAC ratio "
+        "0.993; more accurate in 2 of 2 seeds."
+    )
+    other_target = gated("g_t", 0.75, 0.4, 0.91, 30e6, seed=1)  # another recipe is not another seed
+    assert "over 2 seeds" not in paper_progress.verdict([r20, r20_s1, g, other_target])
+
+    l0, l0_s1 = gated("l0", 0.0, 0.585, 0.93, 40.2e6), gated("l0_s1", 0.0, 0.585, 0.91, 40.3e6, seed=1)
+    b = paper_progress.verdict_b([g, g_s1, l0, l0_s1]).split("\n\n")
+    assert b[0].startswith("Claim (b) does not hold for g against l0 ") and "g against l0_s1" not in b[0]
+    assert b[1].startswith("Claim (b) holds for g_s1 against l0_s1 ")
+    assert b[2].startswith("Claim (b) over 2 seeds: +0.15 points on average") and "1 of 2 seeds." in b[2]
 
 
 def test_hours_left_go_by_the_median_of_the_latest_epochs():

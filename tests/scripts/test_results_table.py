@@ -14,7 +14,15 @@ import results_table  # noqa: E402
 
 
 def fake_run(
-    results: Path, name: str, model: str, epochs: int, macs: float, top1: float, cfg: str, **loss_keys
+    results: Path,
+    name: str,
+    model: str,
+    epochs: int,
+    macs: float,
+    top1: float,
+    cfg: str,
+    seed: int = 0,
+    **loss_keys,
 ) -> None:
     d = results / name
     d.mkdir(parents=True)
@@ -34,7 +42,7 @@ def fake_run(
     }
     (d / "summary.json").write_text(json.dumps(summary))
     loss = {"bs_weight": 0.75, "bs_end": 0.2, "l0_weight": 0.0006, **loss_keys}
-    (d / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "loss": loss}))
+    (d / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "loss": loss}))
 
 
 def test_paper_recipe_runs_get_their_own_table_command_and_the_headline(tmp_path):
@@ -116,3 +124,27 @@ def test_headline_keeps_the_longest_protocol_when_no_gated_run_is_within_resnet2
     assert "the cheapest of the 2 batch-shaping gated_resnet32 runs, none of which is at or below" in head
     assert "+0.10 points of top-1 against resnet20 at 1.0012 times its mean MACs" in head
     assert "| gated_a_paper_e500_gpu |" in head and "gated_b" not in head
+
+
+def test_another_seeds_runs_get_its_command_and_the_headline_pairs_runs_of_one_seed(tmp_path):
+    pieces = tmp_path / "cifar10_paper"
+    budget = {"l0_weight": 0.0, "macs_target": 0.585}
+    fake_run(pieces, "resnet20_e500", "resnet20", 500, 40.55e6, 0.92, "cifar10_resnet20")
+    fake_run(pieces, "resnet20_e500_s1", "resnet20", 500, 40.55e6, 0.90, "cifar10_resnet20", seed=1)
+    fake_run(
+        pieces, "gated_resnet32_budget0.585_e500_s1", "gated_resnet32", 500, 40e6, 0.91, "b", seed=1, **budget
+    )
+    summary = json.loads((pieces / "resnet20_e500" / "summary.json").read_text())
+    summary["machine"] = "Intel(R) Xeon(R) Processor (AVX512-BF16/AMX), 2 cores, 1 threads"  # written so once
+    (pieces / "resnet20_e500" / "summary.json").write_text(json.dumps(summary))
+    runs = results_table.load_runs(pieces, pieces=True)
+    text = results_table.tables(runs, 40.55e6)
+    assert text.count("`SEED=1 MAX_TIME=2h30m bash scripts/paper_cifar10_cpu.sh` |") == 2
+    assert text.count("`MAX_TIME=2h30m bash scripts/paper_cifar10_cpu.sh` |") == 1
+    assert "2 cores, 1 thread (bfloat16)" in text and "threads" not in text
+    # seed 1's gated run is not judged against seed 0's resnet20: no seed has both yet
+    assert results_table.headline(runs, 40.55e6).startswith("No protocol has both")
+    fake_run(pieces, "gated_resnet32_budget0.585_e500", "gated_resnet32", 500, 40.2e6, 0.925, "b", **budget)
+    head = results_table.headline(results_table.load_runs(pieces, pieces=True), 40.55e6)
+    assert "| resnet20_e500 |" in head and "| gated_resnet32_budget0.585_e500 |" in head and "_s1" not in head
+    assert "+0.50 points of top-1" in head
