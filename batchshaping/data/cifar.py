@@ -70,7 +70,7 @@ class CifarSplits:
 
     x_train: (N_train, 3, 32, 32) uint8 RGB, y_train: (N_train,) int64 in [0, 10);
     x_test:  (N_test, 3, 32, 32) uint8 RGB,  y_test:  (N_test,) int64.
-    N_train = 50000 and N_test = 10000 for the real data set.
+    N_train = 50000 and N_test = 10000 for the real data set (N_train = 0 when loaded with train=False).
     classes: the 10 class names in label order.
     """
 
@@ -149,6 +149,7 @@ def load_cifar10(
     download: bool = False,
     *,
     check_counts: bool = True,
+    train: bool = True,
 ) -> CifarSplits:
     """Load CIFAR-10 from ``root`` in any of the three layouts described in the module docstring.
 
@@ -156,6 +157,8 @@ def load_cifar10(
     ``download=True`` fetches the official archive into ``root`` when no layout is present (md5-checked);
     with ``download=False`` the network is never touched. ``check_counts=False`` skips the 50000/10000
     size check (for small test fixtures); shapes, dtypes and label ranges are always checked.
+    ``train=False`` reads only the test split (evaluation: a fifth of the data) and leaves x_train/y_train
+    empty; the npz layout then needs only its test file.
     Raises :class:`DataNotFoundError` (no layout found) or :class:`DataCorruptError` (bad file).
     """
     root = Path(root).expanduser()
@@ -168,11 +171,11 @@ def load_cifar10(
         raise DataNotFoundError(f"CIFAR-10 not found: {root} {what}.\n{_layout_help(root)}")
     kind, path = found
     if kind == "folder":
-        return _load_folder(path, check_counts)
+        return _load_folder(path, check_counts, train)
     if kind == "npz":
-        return _load_npz(path, check_counts)
+        return _load_npz(path, check_counts, train)
     check_md5(path)
-    return _load_tar(path, check_counts)
+    return _load_tar(path, check_counts, train)
 
 
 def download_cifar10(root: str | os.PathLike[str], url: str = CIFAR10_URL) -> Path:
@@ -280,18 +283,24 @@ def _class_names(d: dict, where: str) -> list[str]:
 
 
 def _assemble(
-    open_member: Callable[[str], dict], where: Callable[[str], str], check_counts: bool
+    open_member: Callable[[str], dict], where: Callable[[str], str], check_counts: bool, with_train: bool
 ) -> CifarSplits:
     per_batch = TRAIN_SIZE // len(_TRAIN_BATCHES) if check_counts else None
-    train = [_batch_arrays(open_member(name), where(name), per_batch) for name in _TRAIN_BATCHES]
+    names = _TRAIN_BATCHES if with_train else ()
+    train = [_batch_arrays(open_member(name), where(name), per_batch) for name in names]
     test = _batch_arrays(open_member(_TEST_BATCH), where(_TEST_BATCH), TEST_SIZE if check_counts else None)
     classes = _class_names(open_member(_META), where(_META))
-    return _to_splits(
-        np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), *test, classes
-    )
+    return _to_splits(*_concat(train), *test, classes)
 
 
-def _load_folder(folder: Path, check_counts: bool) -> CifarSplits:
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of the training parts, one array each; empty (0, 3, 32, 32) and (0,) for none."""
+    if not parts:
+        return np.zeros((0, 3, 32, 32), np.uint8), np.zeros(0, np.int64)
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+def _load_folder(folder: Path, check_counts: bool, train: bool = True) -> CifarSplits:
     def open_member(name: str) -> dict:
         path = folder / name
         if not path.is_file():
@@ -302,11 +311,11 @@ def _load_folder(folder: Path, check_counts: bool) -> CifarSplits:
         with open(path, "rb") as f:
             return _unpickle(f, str(path))
 
-    return _assemble(open_member, lambda name: str(folder / name), check_counts)
+    return _assemble(open_member, lambda name: str(folder / name), check_counts, train)
 
 
-def _load_tar(path: Path, check_counts: bool) -> CifarSplits:
-    wanted = {*_TRAIN_BATCHES, _TEST_BATCH, _META}
+def _load_tar(path: Path, check_counts: bool, train: bool = True) -> CifarSplits:
+    wanted = {*(_TRAIN_BATCHES if train else ()), _TEST_BATCH, _META}
     members: dict[str, dict] = {}
     try:
         # One sequential pass over the gzip stream; members are unpickled straight from it.
@@ -324,7 +333,8 @@ def _load_tar(path: Path, check_counts: bool) -> CifarSplits:
         raise DataCorruptError(
             f"{path}: the archive lacks {', '.join(missing)}; it is not the CIFAR-10 archive."
         )
-    return _assemble(members.__getitem__, lambda name: f"{path}:{CIFAR10_FOLDER}/{name}", check_counts)
+    where = f"{path}:{CIFAR10_FOLDER}/"
+    return _assemble(members.__getitem__, lambda name: where + name, check_counts, train)
 
 
 # --- npz --------------------------------------------------------------------------------------------------
@@ -351,17 +361,12 @@ def _read_npz(path: Path, xkey: str, ykey: str, expected: int | None) -> tuple[n
     return x.transpose(0, 3, 1, 2), y  # HWC -> CHW (a view; made contiguous in _to_splits)
 
 
-def _load_npz(folder: Path, check_counts: bool) -> CifarSplits:
+def _load_npz(folder: Path, check_counts: bool, train: bool = True) -> CifarSplits:
     per_part = TRAIN_SIZE // len(NPZ_TRAIN) if check_counts else None
-    train = [_read_npz(folder / name, "x_train", "y_train", per_part) for name in NPZ_TRAIN]
+    names = NPZ_TRAIN if train else ()
+    parts = [_read_npz(folder / name, "x_train", "y_train", per_part) for name in names]
     x_test, y_test = _read_npz(folder / NPZ_TEST, "x_test", "y_test", TEST_SIZE if check_counts else None)
-    return _to_splits(
-        np.concatenate([x for x, _ in train]),
-        np.concatenate([y for _, y in train]),
-        x_test,
-        y_test,
-        list(CIFAR10_CLASSES),
-    )
+    return _to_splits(*_concat(parts), x_test, y_test, list(CIFAR10_CLASSES))
 
 
 def _to_splits(

@@ -127,6 +127,26 @@ def test_official_folder_tar_and_npz_agree(fake: dict, monkeypatch: pytest.Monke
     _assert_same(load_cifar10(fake["tgz"].parent, check_counts=False), fake)  # a folder holding it
 
 
+def test_without_train_only_the_test_split_is_read_in_every_layout(
+    fake: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the training files are removed: a test-only load must not need them
+    for name in BATCHES:
+        (fake["folder"] / name).unlink()
+    for name in cifar.NPZ_TRAIN:
+        (fake["npz"] / name).unlink()
+    monkeypatch.setattr(cifar, "CIFAR10_TGZ_MD5", md5sum(fake["tgz"]))  # the archive keeps them: skipped
+    for root in (fake["folder"], fake["npz"], fake["tgz"]):
+        s = load_cifar10(root, check_counts=False, train=False)
+        assert (
+            s.x_train.shape == (0, 3, 32, 32) and s.y_train.shape == (0,) and s.y_train.dtype == torch.int64
+        )
+        assert torch.equal(s.x_test, fake["x_test"]) and torch.equal(s.y_test, fake["y_test"])
+        assert s.classes == cifar.CIFAR10_CLASSES
+    with pytest.raises(DataNotFoundError, match="data_batch_1 is missing"):
+        load_cifar10(fake["folder"], check_counts=False)  # training still needs them
+
+
 def test_tar_md5_mismatch_is_rejected(fake: dict) -> None:
     # The fake archive is not the official one, so the real md5 check must refuse it.
     with pytest.raises(DataCorruptError, match="md5"):
