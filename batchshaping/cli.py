@@ -86,7 +86,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from batchshaping.analysis import compare_runs
 
-    _print_written(compare_runs(args.runs, args.out))
+    if args.reference is not None and not args.paired:
+        raise _usage("--reference names the run of the paired comparison: add --paired")
+    paths = compare_runs(
+        args.runs, args.out, paired=args.paired, reference=args.reference, data_dir=args.data_dir
+    )
+    _print_written(paths)
     return 0
 
 
@@ -148,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="accuracy versus MACs across run folders")
     c.add_argument("runs", nargs="+", help="run folders (each with summary.json)")
     c.add_argument("--out", required=True, help="folder for compare.md and the plot")
+    c.add_argument(
+        "--paired",
+        action="store_true",
+        help="evaluate each run's last.pt and test its top-1 against the reference's on the same images "
+        "(difference with 95%% CI, McNemar p)",
+    )
+    c.add_argument("--reference", help="the run the others are compared with (default: the first dense run)")
+    c.add_argument(
+        "--data-dir", help="dataset folder for --paired (default: the one each run was trained on)"
+    )
     c.set_defaults(func=cmd_compare)
     return p
 

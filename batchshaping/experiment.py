@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from batchshaping.data import Data
 from batchshaping.models import model_from_config, model_info
 from batchshaping.runtime import init_distributed, memory_format, resolve_device, resolve_precision
 from batchshaping.tasks import ClassificationTask, SegmentationTask
+
+if TYPE_CHECKING:
+    from batchshaping.evaluation import Observer
 
 #: Keys that a resumed run may take from the command line: where and how it runs, not what it computes.
 RESUME_OVERRIDABLE = {
@@ -50,7 +53,8 @@ def load_data(
 ) -> Data:
     """The data set of ``cfg.data.dataset`` from ``data_dir``, else ``cfg.data.root``, else
     $BATCHSHAPING_DATA (else ./data/cifar10 for CIFAR-10). ``train=False`` skips the training split where the
-    data set allows it; ``class_names`` (a checkpoint's ImageNet classes) avoid reading ``train/``."""
+    data set allows it (CIFAR-10 reads only its test files); ``class_names`` (a checkpoint's ImageNet classes)
+    avoid reading ``train/``."""
     family = model_info(cfg.model).family
     if (family == "segmentation") != (cfg.data.dataset == "cityscapes"):
         raise ConfigError(
@@ -58,7 +62,7 @@ def load_data(
             "cityscapes needs a segmentation model (gated_pspnet50, pspnet50), cifar10/imagenet a classifier"
         )
     if cfg.data.dataset == "cifar10":
-        return _cifar10(cfg, data_dir)
+        return _cifar10(cfg, data_dir, train)
     if cfg.data.download:
         raise ConfigError(f"--download only fetches CIFAR-10; get {cfg.data.dataset} from its website")
     root = data_dir or cfg.data.root or os.environ.get("BATCHSHAPING_DATA")
@@ -71,16 +75,16 @@ def load_data(
     return _cityscapes(cfg, Path(root), train)
 
 
-def _cifar10(cfg: TrainConfig, data_dir: str | None) -> Data:
+def _cifar10(cfg: TrainConfig, data_dir: str | None, train: bool = True) -> Data:
     from batchshaping.data import CIFAR10_CLASSES, load_cifar10, resolve_data_dir
 
     if cfg.num_classes not in (None, 10):
         raise ConfigError(f"CIFAR-10 has 10 classes; num_classes is {cfg.num_classes} (leave it unset)")
     root = resolve_data_dir(data_dir or cfg.data.root)
-    d = load_cifar10(root, download=cfg.data.download)
+    d = load_cifar10(root, download=cfg.data.download, train=train)
     ntr, nte = cfg.data.train_subset, cfg.data.test_subset
     return Data(
-        (d.x_train[:ntr], d.y_train[:ntr]),
+        (d.x_train[:ntr], d.y_train[:ntr]) if train else None,
         (d.x_test[:nte], d.y_test[:nte]),
         10,
         (3, 32, 32),
@@ -207,10 +211,12 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     download: bool = False,
     max_images: int | None = None,
+    observe: Observer | None = None,
 ) -> dict[str, Any]:
     """``batchshaping eval``: the task metrics, conditional MACs and gate statistics of a checkpoint on its
     data set's test split (found as in training: ``data_dir``, else the folder the run was trained on), or
-    on its first ``max_images`` images."""
+    on its first ``max_images`` images. ``observe`` sees every batch, as in
+    :func:`~batchshaping.evaluation.evaluate`."""
     from batchshaping.data import as_loader
     from batchshaping.evaluation import evaluate
     from batchshaping.macs import MacCounter
@@ -228,7 +234,7 @@ def evaluate_checkpoint(
     batch = cfg.data.eval_batch_size
     loader = as_loader(data.test, batch, False, device, data.mean, data.std, channels_last=cfg.channels_last)
     counter = MacCounter(model, data.input_shape)
-    return evaluate(model, loader, counter, data.task, resolve_precision(cfg.precision, device))
+    return evaluate(model, loader, counter, data.task, resolve_precision(cfg.precision, device), observe)
 
 
 def summary_text(s: dict[str, Any]) -> str:

@@ -21,6 +21,8 @@ from batchshaping.analysis.report import analyze_checkpoint, analyze_data, analy
 from batchshaping.analysis.stats import (
     auc,
     gate_classes,
+    mcnemar_exact,
+    paired_accuracy,
     per_class_means,
     per_layer_counts,
     rankdata,
@@ -40,6 +42,8 @@ __all__ = [
     "describe_outputs",
     "gate_classes",
     "load_run",
+    "mcnemar_exact",
+    "paired_accuracy",
     "per_class_means",
     "per_layer_counts",
     "prepare_out",

@@ -14,7 +14,15 @@ from batchshaping.analysis import (
     rankdata,
     spearman,
 )
-from batchshaping.analysis.stats import auc, class_fractions, extremes, spearman_interval, split_layers
+from batchshaping.analysis.stats import (
+    auc,
+    class_fractions,
+    extremes,
+    mcnemar_exact,
+    paired_accuracy,
+    spearman_interval,
+    split_layers,
+)
 from batchshaping.data import TensorLoader
 from batchshaping.evaluation import evaluate, gate_class_fractions
 from batchshaping.gates import force_gates, gate_modules
@@ -109,6 +117,37 @@ def test_auc_is_mann_whitney_u_over_the_pairs_and_its_interval_covers_95_percent
     assert 0.92 <= hits / trials <= 0.98
     with pytest.raises(ValueError, match="same length"):
         auc([1.0, 2.0], [True])
+
+
+def test_mcnemar_is_scipys_exact_binomial_test_of_the_discordant_images():
+    for only_a, only_b in ((0, 0), (3, 0), (5, 5), (12, 30), (180, 145), (1400, 1300)):
+        want = 1.0 if only_a + only_b == 0 else scipy.stats.binomtest(only_a, only_a + only_b).pvalue
+        assert mcnemar_exact(only_a, only_b) == pytest.approx(want, rel=1e-9, abs=1e-300)
+    assert mcnemar_exact(10, 2) == mcnemar_exact(2, 10)
+    with pytest.raises(ValueError, match=">= 0"):
+        mcnemar_exact(-1, 3)
+
+
+def test_paired_accuracy_counts_the_four_cells_and_its_interval_covers_95_percent():
+    a = np.array([1, 1, 1, 0, 0, 1, 0, 1], bool)
+    b = np.array([1, 0, 0, 1, 0, 1, 0, 1], bool)
+    r = paired_accuracy(a, b)
+    assert (r["n"], r["both"], r["only_a"], r["only_b"], r["neither"]) == (8, 3, 2, 1, 2)
+    assert r["diff"] == pytest.approx(1 / 8) and r["low"] < 1 / 8 < r["high"]
+    assert r["p"] == pytest.approx(1.0)
+    # two classifiers of accuracy ~0.92 that agree on most images, A 0.4 points better: the truth is 0.004
+    rng, hits, trials = np.random.default_rng(3), 0, 400
+    for _ in range(trials):
+        u = rng.random(5000)
+        a = u < 0.92
+        b = (u < 0.90) | ((u >= 0.92) & (u < 0.94))  # B misses [0.90, 0.92) and gets [0.92, 0.936) right
+        b &= ~((u >= 0.936) & (u < 0.94))
+        r = paired_accuracy(a, b)
+        assert r["low"] <= r["diff"] <= r["high"]
+        hits += r["low"] <= 0.004 <= r["high"]
+    assert 0.92 <= hits / trials <= 0.98
+    with pytest.raises(ValueError, match="one length"):
+        paired_accuracy([True], [True, False])
 
 
 def test_per_class_means_by_hand():
