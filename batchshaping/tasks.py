@@ -15,6 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def top_classes(logits: Tensor, k: int = 5) -> Tensor:
+    """logits (N, K) -> (N, min(k, K)) class indices, best first: the one ranking behind top-1, top-5 and
+    every per-image prediction. argmax breaks ties between equal logits (not rare in bf16) the other way,
+    so a prediction taken from it could disagree with the top-1 metric."""
+    return logits.topk(min(k, logits.shape[1]), dim=1).indices
+
+
 class ClassificationTask:
     """Image classification: logits (N, K), labels (N,). Metrics top-1, top-5, mean cross-entropy."""
 
@@ -42,7 +49,7 @@ class ClassificationTask:
                 f"the labels go up to {int(y.max())} but the model has {logits.shape[1]} outputs; "
                 "is this the data set the model was trained on?"
             )
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top = top_classes(logits)
         return {
             "images": y.new_tensor(len(y)),
             "correct1": (top[:, 0] == y).sum(),

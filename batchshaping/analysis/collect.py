@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from batchshaping.evaluation import evaluate
 from batchshaping.gates import GateOutput, gate_modules
 from batchshaping.macs import MacCounter
-from batchshaping.tasks import ClassificationTask, SegmentationTask
+from batchshaping.tasks import ClassificationTask, SegmentationTask, top_classes
 
 #: Bins of the gate-probability histograms over [0, 1].
 PROB_BINS = 50
@@ -86,7 +86,7 @@ def classification_measures(logits: Tensor, y: Tensor) -> dict[str, Tensor]:
     logp = logits.log_softmax(1)
     return {
         "label": y,
-        "pred": logits.argmax(1),
+        "pred": top_classes(logits)[:, 0],  # the top-1 metric's ranking, ties included
         "loss": F.cross_entropy(logits, y, reduction="none"),
         "entropy": -(logp.exp() * logp).sum(1),
     }

@@ -20,6 +20,7 @@ from batchshaping.analysis.formatting import DATASET_NAMES, mac_unit, pct
 from batchshaping.analysis.outputs import prepare_out
 from batchshaping.analysis.stats import paired_accuracy
 from batchshaping.config import ConfigError
+from batchshaping.tasks import top_classes
 
 PLOT_FILE = "accuracy_vs_macs.png"
 #: Test-set sizes when a run used the whole test split (data.test_subset = None).
@@ -249,7 +250,7 @@ def _per_image_top1(
     ys: list[Tensor] = []
 
     def observe(logits: Tensor, y: Tensor, outs: object, macs: Tensor) -> None:
-        hits.append((logits.argmax(1) == y).cpu())
+        hits.append((top_classes(logits)[:, 0] == y).cpu())  # as the top-1 metric ranks, ties included
         ys.append(y.cpu())
 
     subset = r["test_images"] if r["test_images"] != FULL_TEST_SIZE.get(r["dataset"]) else None

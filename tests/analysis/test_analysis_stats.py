@@ -202,3 +202,19 @@ def test_per_image_records_add_up_to_the_evaluation_metrics():
     assert np.ptp(res.macs) > 0  # the planted gates do vary per image
     on_rates = split_layers(res.on_rate, res.layer_sizes)
     assert [len(r) for r in on_rates] == res.layer_sizes
+
+
+def test_per_image_predictions_break_ties_as_the_top1_metric_does():
+    # every image's logits tie between classes 3 and 7 (bf16 logits tie often); the label is one of them
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([0, 0, 0, 1.0, 0, 0, 0, 1.0, 0, 0]))
+    x, _ = tiny_data(20, 3)
+    y = torch.tensor([3, 7] * 10)
+    data = TensorLoader(x, y, 10, False, "cpu", [0.5] * 3, [0.25] * 3)
+    counter = MacCounter(model, (3, 16, 16))
+    res, ev = collect(model, data, counter), evaluate(model, data, counter)
+    assert res.correct.mean() == ev["top1"] == 0.5
+    tied = model(torch.zeros(1, 3, 16, 16))
+    assert {int(tied.argmax(1)), int(res.pred[0])} == {3, 7}  # argmax would have disagreed with the metric
