@@ -3,7 +3,9 @@ a table of where each run stands, and a plot of test top-1 and mean MACs over tr
 and the 36-epoch GPU runs (results/cifar10/*_e36_gpu); once resnet20 and a batch-shaping gated run have
 finished, the verdict on the paper's claim (a) under the table; once a batch-shaping and an L0-only gated run
 with the same MAC target have finished, the verdict on claim (b). Runs are paired by seed (scripts/
-paper_cifar10_cpu.sh's SEED); with several seeds the verdicts end with the mean over them.
+paper_cifar10_cpu.sh's SEED); with several seeds the verdicts end with the mean over them. A verdict also
+gives the paired test of its two runs on the same test images where `batchshaping compare --paired` wrote
+one into results/cifar10_paper/compare*/ (for claim (b): `--reference` the L0-only run).
 
     python scripts/paper_progress.py            # prints the table
     python scripts/paper_progress.py --write     # and replaces it in RESULTS.md, writes the plot
@@ -126,10 +128,20 @@ def row(r: dict, r20_macs: float) -> str:
 EQUAL_COST = 0.01
 
 
-def judge(claim: str, subject: str, against: str, s: dict, base: dict, excess: float, costly: str) -> str:
+def judge(
+    claim: str,
+    subject: str,
+    against: str,
+    s: dict,
+    base: dict,
+    excess: float,
+    costly: str,
+    paired: dict | None = None,
+) -> str:
     """One verdict: the claim holds for `subject` (test summary `s`) when it is more accurate than `base` at
     mean MACs at most `excess` (a fraction) above base's; `against` prefixes base's numbers, `costly` names
-    the reason when the MACs are too high."""
+    the reason when the MACs are too high. `paired` (an entry of :func:`paired_tests`) adds how far the
+    difference stands out from the noise of the test images."""
     ratio = s["macs_mean"] / base["macs_mean"]
     cheap, better = ratio <= 1 + excess, s["top1"] > base["top1"]
     why = ([] if better else ["not more accurate"]) + ([] if cheap else [costly])
@@ -137,11 +149,44 @@ def judge(claim: str, subject: str, against: str, s: dict, base: dict, excess: f
     def at(x: dict) -> str:
         return f"{100 * x['top1']:.2f}% at {x['macs_mean'] / 1e6:.2f} MMACs"
 
-    return (
+    text = (
         f"Claim ({claim}) {'holds' if cheap and better else 'does not hold'} for {subject}: top-1 {at(s)} "
         f"against {against}{at(base)} ({100 * (s['top1'] - base['top1']):+.2f} points, MAC ratio {ratio:.3f})"
         + (f": {', '.join(why)}." if why else ".")
     )
+    if paired:
+        p = f"{paired['p']:.2f}" if paired["p"] >= 0.01 else f"{paired['p']:.1e}"
+        text += (
+            f" Paired on the same {paired['n']:,} test images: {paired['level']:.0%} CI "
+            f"{100 * paired['low']:+.2f} to {100 * paired['high']:+.2f} points, McNemar p = {p} "
+            f"({paired['source']})."
+        )
+    return text
+
+
+def paired_tests(folder: Path, runs: list[dict]) -> dict[tuple[str, str], dict]:
+    """The paired tests of `batchshaping compare --paired` in folder/compare*/compare.json, keyed by (run,
+    reference) folder names: each entry of its "runs" with "level" and "source" (its compare.md). Only tests
+    whose top-1s are those of the runs' summaries now count (a test of older weights is left out)."""
+    top1 = {r["run"]: r["summary"]["top1"] for r in runs if r["summary"]}
+    out = {}
+    for path in sorted(folder.glob("compare*/compare.json")):
+        paired = json.loads(path.read_text()).get("paired")
+        if not paired:
+            continue
+        ref, n = Path(paired["reference"]).name, paired["images"]
+        for e in paired["runs"]:
+            run = Path(e["run"]).name
+            now = (top1.get(run), top1.get(ref))
+            if None in now or (round(n * now[0]), round(n * now[1])) != (
+                round(n * e["top1"]),
+                round(n * paired["reference_top1"]),
+            ):
+                continue
+            md = path.with_name("compare.md")
+            source = md.relative_to(ROOT) if md.is_relative_to(ROOT) else md
+            out[(run, ref)] = {**e, "level": paired["level"], "source": str(source)}
+    return out
 
 
 def seed(r: dict) -> int:
@@ -163,7 +208,7 @@ def over_seeds(claim: str, pairs: list[tuple[dict, dict]]) -> str | None:
     )
 
 
-def verdict(runs: list[dict]) -> str | None:
+def verdict(runs: list[dict], paired: dict[tuple[str, str], dict] | None = None) -> str | None:
     """Claim (a) once resnet20 and a batch-shaping gated_resnet32 run of the same seed have finished: is the
     gated network at or below resnet20's mean MACs more accurate? With several seeds of one recipe (MAC
     target), also the mean over them. None before."""
@@ -175,14 +220,14 @@ def verdict(runs: list[dict]) -> str | None:
     for r in gated:
         if seed(r) not in dense:
             continue
-        d = dense[seed(r)]["summary"]
-        lines.append(judge("a", r["run"], "resnet20's ", r["summary"], d, 0.0, costly))
+        d, test = dense[seed(r)]["summary"], (paired or {}).get((r["run"], dense[seed(r)]["run"]))
+        lines.append(judge("a", r["run"], "resnet20's ", r["summary"], d, 0.0, costly, test))
         pairs.setdefault(r["cfg"]["loss"].get("macs_target"), []).append((r["summary"], d))
     means = [m for m in (over_seeds("a", p) for p in pairs.values()) if m]
     return "\n\n".join(lines + means) or None
 
 
-def verdict_b(runs: list[dict]) -> str | None:
+def verdict_b(runs: list[dict], paired: dict[tuple[str, str], dict] | None = None) -> str | None:
     """Claim (b) once a batch-shaping and an L0-only (bs_weight 0) gated run with the same MAC target and
     seed have finished: is batch-shaping more accurate at equal cost (MACs at most EQUAL_COST above)? With
     several seeds of one target, also the mean over them. None before."""
@@ -195,7 +240,8 @@ def verdict_b(runs: list[dict]) -> str | None:
                 continue
             subject = f"{bs['run']} against {l0['run']} (MAC target {target})"
             costly = f"more than {100 * EQUAL_COST:.0f}% more MACs"
-            lines.append(judge("b", subject, "", bs["summary"], l0["summary"], EQUAL_COST, costly))
+            test = (paired or {}).get((bs["run"], l0["run"]))
+            lines.append(judge("b", subject, "", bs["summary"], l0["summary"], EQUAL_COST, costly, test))
             pairs.setdefault(target, []).append((bs["summary"], l0["summary"]))
     means = [m for m in (over_seeds("b", p) for p in pairs.values()) if m]
     return "\n\n".join(lines + means) or None
@@ -209,7 +255,8 @@ def main() -> None:
     r20 = next(r for r in runs if r["cfg"]["model"] == "resnet20" and r["log"])
     r20_macs = next(e["macs_mean"] for e in r20["log"] if "macs_mean" in e)
     table = "\n".join([HEADER, *(row(r, r20_macs) for r in runs)])
-    for claim in (verdict(runs), verdict_b(runs)):
+    paired = paired_tests(PAPER, runs)
+    for claim in (verdict(runs, paired), verdict_b(runs, paired)):
         if claim:
             table += "\n\n" + claim
     print(table)

@@ -1,5 +1,6 @@
 """scripts/paper_progress.py: the verdict on claim (a) once the paper-length runs have finished."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -72,6 +73,29 @@ def test_runs_are_judged_against_their_own_seed_and_several_seeds_get_their_mean
     assert b[0].startswith("Claim (b) does not hold for g against l0 ") and "g against l0_s1" not in b[0]
     assert b[1].startswith("Claim (b) holds for g_s1 against l0_s1 ")
     assert b[2].startswith("Claim (b) over 2 seeds: +0.15 points on average") and "1 of 2 seeds." in b[2]
+
+
+def test_a_paired_test_of_the_current_weights_joins_the_verdict(tmp_path):
+    r20 = fake("resnet20_e500", "resnet20", 0.0, 0.9209, 40.55e6)
+    g = gated("g_e500", 0.75, 0.585, 0.9244, 40.37e6)
+    l0 = gated("l0_e500", 0.0, 0.585, 0.9100, 40.3e6)
+    entry = {"run": "x/g_e500", "top1": 0.9244, "n": 10000, "low": -0.0017, "high": 0.0087, "p": 0.2029}
+    paired = {"reference": "x/resnet20_e500", "reference_top1": 0.9209, "images": 10000, "level": 0.95}
+    (tmp_path / "compare").mkdir()
+    (tmp_path / "compare" / "compare.json").write_text(json.dumps({"paired": {**paired, "runs": [entry]}}))
+    stale = {**paired, "reference": "x/l0_e500", "reference_top1": 0.9, "runs": [{**entry, "p": 0.001}]}
+    (tmp_path / "compare_b").mkdir()  # a test of the L0-only run's older weights (92.00%, not 91.00%)
+    (tmp_path / "compare_b" / "compare.json").write_text(json.dumps({"paired": stale}))
+    (tmp_path / "compare_no_pairs").mkdir()
+    (tmp_path / "compare_no_pairs" / "compare.json").write_text(json.dumps({"runs": []}))
+    tests = paper_progress.paired_tests(tmp_path, [r20, g, l0])
+    assert list(tests) == [("g_e500", "resnet20_e500")]
+    a = paper_progress.verdict([r20, g], tests)
+    assert a.endswith(
+        "(+0.35 points, MAC ratio 0.996). Paired on the same 10,000 test images: 95% CI -0.17 to +0.87 "
+        f"points, McNemar p = 0.20 ({tmp_path / 'compare' / 'compare.md'})."
+    )
+    assert "Paired" not in paper_progress.verdict_b([g, l0], tests)
 
 
 def test_hours_left_go_by_the_median_of_the_latest_epochs():
