@@ -91,6 +91,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     paths = compare_runs(
         args.runs, args.out, paired=args.paired, reference=args.reference, data_dir=args.data_dir
     )
+    if args.paired:  # the answer on the terminal, the details in compare.md
+        paired = json.loads(paths[-1].read_text())["paired"]
+        for r in paired["runs"]:
+            print(
+                f"{r['run']} against {paired['reference']}: {100 * r['diff']:+.2f} points of top-1 "
+                f"({paired['level']:.0%} CI {100 * r['low']:+.2f} to {100 * r['high']:+.2f}), "
+                f"McNemar p = {r['p']:.3g}, on the same {r['n']} test images"
+            )
     _print_written(paths)
     return 0
 

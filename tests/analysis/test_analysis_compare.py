@@ -96,7 +96,8 @@ def test_paired_comparison_tests_each_run_against_the_reference_on_the_same_imag
     out = tmp_path / "cmp"
     args = ["compare", str(gated), str(twin), str(dense), "--out", str(out), "--paired"]
     assert main([*args, "--data-dir", str(cifar_dir)]) == 0
-    assert f"wrote {out}/compare.md" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"wrote {out}/compare.md" in printed
     paired = json.loads((out / "compare.json").read_text())["paired"]
     assert paired["reference"] == str(dense) and paired["images"] == 200  # the dense run by default
     runs = {Path(r["run"]).name: r for r in paired["runs"]}
@@ -108,6 +109,7 @@ def test_paired_comparison_tests_each_run_against_the_reference_on_the_same_imag
     assert g["only_a"] - g["only_b"] == round(200 * (g["top1"] - ref)) and g["diff"] == g["top1"] - ref
     assert g["both"] + g["only_a"] + g["only_b"] + g["neither"] == 200 and g["low"] <= g["diff"] <= g["high"]
     assert 0 < g["p"] <= 1 and runs["twin"] == {**g, "run": str(twin)}  # same weights, same answers
+    assert f"{gated} against {dense}: {100 * g['diff']:+.2f} points of top-1 (95% CI " in printed
     md = (out / "compare.md").read_text()
     assert "## Paired on the same 200 test images" in md and f"that of `{dense}`" in md
     row = next(line for line in md.splitlines() if line.startswith(f"| `{gated}` |") and "to" in line)
