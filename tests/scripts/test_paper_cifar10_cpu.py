@@ -30,6 +30,7 @@ def piece(
     started: tuple[str, ...] = (),
     min_start: int = 900,
     seed: str | None = None,
+    seeds: str | None = None,
 ) -> list[str]:
     """Run the script once; the training calls it made, one line each: '<run> <arguments>'."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -49,6 +50,8 @@ def piece(
     env["CALLS"] = str(calls)
     if seed is not None:
         env["SEED"] = seed
+    if seeds is not None:
+        env["SEEDS"] = seeds
     script = ROOT / "scripts/paper_cifar10_cpu.sh"
     res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -114,5 +117,19 @@ def test_a_seed_that_is_not_a_number_is_refused_before_anything_runs(tmp_path: P
     res = subprocess.run(
         ["bash", str(ROOT / "scripts/paper_cifar10_cpu.sh")], env=env, capture_output=True, text=True
     )
-    assert res.returncode == 2 and "SEED must be a non-negative integer, got 'one'" in res.stderr
+    assert res.returncode == 2 and "SEED and SEEDS take non-negative integers, got 'one'" in res.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "c").exists()
+
+
+def test_seeds_train_one_after_the_other_and_the_next_waits_for_the_last_to_finish(tmp_path: Path):
+    s1 = (R20 + "_s1", BS + "_s1", L0 + "_s1")
+    # seed 0's last run trains on; seed 1 waits
+    calls = piece(tmp_path, done=(R20, BS), started=(L0,), seeds="0 1")
+    assert len(calls) == 1 and calls[0].startswith(L0) and "--set threads=2" in calls[0]
+    # it finishes within the piece: seed 1 starts at once, its two lanes on one core each
+    calls = piece(tmp_path / "next", finish=L0, done=(R20, BS), started=(L0,), seeds="0 1")
+    assert [c.split()[0] for c in calls] == [s1[1], L0, s1[0]]
+    assert all("--set seed=1" in c and "--set threads=1" in c for c in calls if "_s1" in c)
+    # everything of seed 0 finished: seed 1's runs start as with SEED=1
+    calls = piece(tmp_path / "later", done=(R20, BS, L0), seeds="0 1")
+    assert [c.split()[0] for c in calls] == [s1[1], s1[0]] and all("--set seed=1" in c for c in calls)
