@@ -167,9 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate each run's last.pt and test its top-1 against the reference's on the same images "
         "(difference with 95%% CI, McNemar p)",
     )
-    c.add_argument("--reference", help="the run the others are compared with (default: the first dense run)")
     c.add_argument(
-        "--data-dir", help="dataset folder for --paired (default: the one each run was trained on)"
+        "--reference",
+        metavar="RUN",
+        help="the run the others are compared with (default: the first dense run)",
+    )
+    c.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="dataset folder for --paired (default: the one each run was trained on)",
     )
     c.set_defaults(func=cmd_compare)
     return p
