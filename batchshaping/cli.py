@@ -78,7 +78,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from batchshaping.analysis import analyze_checkpoint
 
-    paths = analyze_checkpoint(args.checkpoint, args.out, data_dir=args.data_dir, max_images=args.max_images)
+    paths = analyze_checkpoint(
+        args.checkpoint, args.out, data_dir=args.data_dir, max_images=args.max_images, download=args.download
+    )
     _print_written(paths)
     return 0
 
@@ -88,8 +90,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.reference is not None and not args.paired:
         raise _usage("--reference names the run of the paired comparison: add --paired")
+    if args.download and not args.paired:
+        raise _usage("--download fetches the test images of --paired: add --paired")
     paths = compare_runs(
-        args.runs, args.out, paired=args.paired, reference=args.reference, data_dir=args.data_dir
+        args.runs,
+        args.out,
+        paired=args.paired,
+        reference=args.reference,
+        data_dir=args.data_dir,
+        download=args.download,
     )
     if args.paired:  # the answer on the terminal, the details in compare.md
         paired = json.loads(paths[-1].read_text())["paired"]
@@ -156,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--max-images", type=_positive_int, default=None, help="analyse only the first N test images"
     )
+    a.add_argument(
+        "--download", action="store_true", help="download the official CIFAR-10 archive if missing"
+    )
     a.set_defaults(func=cmd_analyze)
 
     c = sub.add_parser("compare", help="accuracy versus MACs across run folders")
@@ -176,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         metavar="DIR",
         help="dataset folder for --paired (default: the one each run was trained on)",
+    )
+    c.add_argument(
+        "--download",
+        action="store_true",
+        help="with --paired: download the official CIFAR-10 archive if missing",
     )
     c.set_defaults(func=cmd_compare)
     return p

@@ -131,6 +131,43 @@ def test_evals_data_not_found_error_suggests_an_option_eval_has(tmp_path, capsys
     assert "--download" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["analyze", "compare"])
+def test_analyze_and_compare_take_the_download_their_data_error_suggests(
+    command, tmp_path, capsys, monkeypatch
+):
+    import batchshaping.data.cifar as cifar
+    from batchshaping.checkpoint import TrainingState
+    from batchshaping.config import dump_config, load_config
+    from batchshaping.models import model_from_config
+
+    cfg = load_config(None, [f"data.root={tmp_path / 'nowhere'}"])
+    model = model_from_config(cfg, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = tmp_path / "run"
+    run.mkdir()
+    TrainingState(model, opt, torch.amp.GradScaler("cuda", enabled=False)).save(
+        run / "last.pt", cfg, 10, None
+    )
+    (run / "config.yaml").write_text(dump_config(cfg))
+    summary = {"model": cfg.model, "top1": 0.5, "macs_mean": 1e6, "macs_dense": 2e6}
+    (run / "summary.json").write_text(json.dumps(summary))
+    args = [command, str(run), "--out", str(tmp_path / "out")] + (
+        ["--paired"] if command == "compare" else []
+    )
+    assert main(args) == 2
+    assert "--download" in capsys.readouterr().err  # the hint names an option this command has
+
+    def no_network(url, dest):
+        raise OSError("no network here")
+
+    monkeypatch.setattr(cifar.urllib.request, "urlretrieve", no_network)
+    assert main([*args, "--download"]) == 2
+    assert "Download of https://www.cs.toronto.edu" in capsys.readouterr().err  # it did try
+    if command == "compare":
+        assert main([command, str(run), "--out", str(tmp_path / "o2"), "--download"]) == 2
+        assert "--download fetches the test images of --paired: add --paired" in capsys.readouterr().err
+
+
 def test_help_documents_the_dotted_keys_without_markup(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])

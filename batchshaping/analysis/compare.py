@@ -122,15 +122,17 @@ def compare_runs(
     paired: bool = False,
     reference: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
 ) -> list[Path]:
     """Compare finished run folders: write compare.md, accuracy_vs_macs.png and compare.json ({"title",
     "plot", "macs_unit", "runs": one dict per run as :func:`load_run` returns it, plus its point label})
     into ``out``. Returns the paths written, compare.md first, then the PNG and compare.json.
 
     ``paired``: evaluate every run's last.pt on its test split (found as ``batchshaping eval`` finds it,
-    ``data_dir`` first) and compare each run's per-image correctness with that of ``reference`` (one of
-    ``run_dirs``; default the first dense run, else the first run) on the same images: compare.json gets
-    "paired" (:func:`paired_comparison`), compare.md a table. Classification runs of one test set only.
+    ``data_dir`` first; ``download`` fetches CIFAR-10 if missing) and compare each run's per-image
+    correctness with that of ``reference`` (one of ``run_dirs``; default the first dense run, else the
+    first run) on the same images: compare.json gets "paired" (:func:`paired_comparison`), compare.md a
+    table. Classification runs of one test set only.
     """
     if not run_dirs:
         raise FileNotFoundError("no run folders given")
@@ -150,7 +152,7 @@ def compare_runs(
     div, unit = mac_unit(max(r["macs"] for r in rows))
     result: dict[str, Any] = {"title": title, "plot": PLOT_FILE, "macs_unit": unit, "runs": rows}
     if ref is not None:
-        result["paired"] = paired_comparison(rows, ref, data_dir)
+        result["paired"] = paired_comparison(rows, ref, data_dir, download)
     plots.accuracy_vs_macs(rows, title, out_path / PLOT_FILE)
     (out_path / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_path / "compare.md").write_text(_markdown(rows, title, div, unit, result.get("paired")))
@@ -191,7 +193,10 @@ def _check_pairable(rows: list[dict[str, Any]]) -> None:
 
 
 def paired_comparison(
-    rows: list[dict[str, Any]], ref: dict[str, Any], data_dir: str | os.PathLike[str] | None = None
+    rows: list[dict[str, Any]],
+    ref: dict[str, Any],
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
 ) -> dict[str, Any]:
     """Evaluate each run's last.pt on its test split and compare its per-image correctness with ``ref``'s.
 
@@ -205,7 +210,7 @@ def paired_comparison(
     correct: dict[str, np.ndarray] = {}
     labels = None
     for r in rows:
-        hits, y = _per_image_top1(r, data_dir)
+        hits, y = _per_image_top1(r, data_dir, download)
         if labels is not None and not np.array_equal(labels, y):
             raise ConfigError(
                 f"{r['run']} was evaluated on other test images than {rows[0]['run']} (the labels differ): "
@@ -240,7 +245,7 @@ def paired_comparison(
 
 
 def _per_image_top1(
-    r: dict[str, Any], data_dir: str | os.PathLike[str] | None
+    r: dict[str, Any], data_dir: str | os.PathLike[str] | None, download: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N,) bool top-1 hits and (N,) int64 labels of run row ``r``'s last.pt on its test images (the
     evaluation ``batchshaping eval`` runs, at the run's precision)."""
@@ -255,7 +260,8 @@ def _per_image_top1(
 
     subset = r["test_images"] if r["test_images"] != FULL_TEST_SIZE.get(r["dataset"]) else None
     path = Path(r["run"]) / "last.pt"
-    evaluate_checkpoint(path, None if data_dir is None else str(data_dir), max_images=subset, observe=observe)
+    root = None if data_dir is None else str(data_dir)
+    evaluate_checkpoint(path, root, download=download, max_images=subset, observe=observe)
     return torch.cat(hits).numpy(), torch.cat(ys).numpy()
 
 

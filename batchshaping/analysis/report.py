@@ -51,6 +51,7 @@ def analyze_checkpoint(
     data_name: str | None = None,
     batch_size: int | None = None,
     make_plots: bool = True,
+    download: bool = False,
 ) -> list[Path]:
     """Analyse a checkpoint (a .pt file or a run folder) on a test set; write plots, report.md and
     analysis.json (plus per_image.npz) into ``out``.
@@ -65,6 +66,7 @@ def analyze_checkpoint(
     config's data.eval_batch_size. ``test_data=(x, y)`` replaces it for a classifier -- x (N, C, H, W)
     uint8 (or float in [0, 1]), y (N,) int64 -- normalised with ``mean``/``std`` (C,) (default: the
     checkpoint's data set's), with class names ``classes`` and a name ``data_name`` for titles.
+    ``download`` fetches the official CIFAR-10 archive when the data is missing.
 
     Raises CheckpointError (missing/corrupt checkpoint), PermissionError (``out`` not writable),
     DataError (data not found) and ConfigError (bad arguments).
@@ -99,7 +101,7 @@ def analyze_checkpoint(
     if batch_size is not None:
         cfg.data.eval_batch_size = batch_size
     if test_data is None:
-        data = _test_split(cfg, data_dir, max_images, saved_classes)
+        data = _test_split(cfg, data_dir, max_images, saved_classes, download)
         if classes is not None and not isinstance(data.task, SegmentationTask):
             data.task = ClassificationTask(classes)
         data_name = data_name or TEST_SPLITS.get(cfg.data.dataset, f"{cfg.data.dataset} test")
@@ -129,12 +131,13 @@ def _test_split(
     data_dir: str | os.PathLike[str] | None,
     max_images: int | None,
     class_names: list[str] | None,
+    download: bool = False,
 ) -> Data:
     """The test split of the checkpoint config ``cfg``'s data set, its first ``max_images`` images (all for
     None), through the one :func:`~batchshaping.experiment.load_data`."""
     from batchshaping.experiment import load_data
 
-    cfg.data.download = False  # analyze reads the data that is there
+    cfg.data.download = download  # the run's own setting does not count: only the command's
     cfg.data.test_subset = max_images
     return load_data(
         cfg, str(data_dir) if data_dir is not None else None, train=False, class_names=class_names
