@@ -177,11 +177,10 @@ def paired_tests(folder: Path, runs: list[dict]) -> dict[tuple[str, str], dict]:
         ref, n = Path(paired["reference"]).name, paired["images"]
         for e in paired["runs"]:
             run = Path(e["run"]).name
-            now = (top1.get(run), top1.get(ref))
-            if None in now or (round(n * now[0]), round(n * now[1])) != (
-                round(n * e["top1"]),
-                round(n * paired["reference_top1"]),
-            ):
+            # top-1s as counts of images: the summaries' now (None: no summary), then the test's
+            tops = (top1.get(run), top1.get(ref), e["top1"], paired["reference_top1"])
+            counts = [None if x is None else round(n * x) for x in tops]
+            if None in counts or counts[:2] != counts[2:]:
                 continue
             md = path.with_name("compare.md")
             source = md.relative_to(ROOT) if md.is_relative_to(ROOT) else md

@@ -217,27 +217,24 @@ def paired_comparison(
                 "a paired comparison needs the same images in the same order"
             )
         labels, correct[r["run"]] = y, hits
-    base = correct[ref["run"]]
+    base, n = correct[ref["run"]], len(labels)
+    top1 = {run: float(hits.mean()) for run, hits in correct.items()}
     # top-1 of this pass against the run's own final evaluation (summary.json): low precision and another
     # thread count round differently, which can move an image that lies on a decision boundary
     moved = [
-        {"run": r["run"], "summary_top1": r["top1"], "top1": float(correct[r["run"]].mean())}
+        {"run": r["run"], "summary_top1": r["top1"], "top1": top1[r["run"]]}
         for r in rows
-        if round(float(correct[r["run"]].mean()) * len(base)) != round(r["top1"] * len(base))
+        if round(top1[r["run"]] * n) != round(r["top1"] * n)
     ]
     runs = [
-        {
-            "run": r["run"],
-            "top1": float(correct[r["run"]].mean()),
-            **paired_accuracy(correct[r["run"]], base, level),
-        }
+        {"run": r["run"], "top1": top1[r["run"]], **paired_accuracy(correct[r["run"]], base, level)}
         for r in rows
         if r is not ref
     ]
     return {
         "reference": ref["run"],
-        "reference_top1": float(base.mean()),
-        "images": len(base),
+        "reference_top1": top1[ref["run"]],
+        "images": n,
         "level": level,
         "runs": runs,
         "differs_from_summary": moved,

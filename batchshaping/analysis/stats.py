@@ -158,8 +158,8 @@ def paired_accuracy(a: ArrayLike, b: ArrayLike, level: float = 0.95) -> dict[str
     the Wald interval of the matched-pairs difference after adding 1/2 to each of the four cells, which
     keeps its coverage near the nominal level where the plain Wald interval falls short), the counts
     ``n``, ``both``, ``only_a``, ``only_b``, ``neither``, and ``p``: the exact McNemar p-value
-    (:func:`mcnemar_exact`). The interval covers only the sampling of the test images: a second training
-    seed varies more."""
+    (:func:`mcnemar_exact`). The interval covers only the sampling of the test images: seed-to-seed variation
+    of training comes on top."""
     x, y = _np(a).astype(bool).reshape(-1), _np(b).astype(bool).reshape(-1)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(
