@@ -17,14 +17,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+#: Where the CPU's feature flags are read (Linux); tests point it at a file of their own.
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from the first "flags" line of /proc/cpuinfo; empty where there is none."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return set()
+    lines = (line for line in text.splitlines() if line.startswith("flags"))
+    return next((set(line.split(":", 1)[1].split()) for line in lines), set())
+
 
 def cpu_has_fast_bf16() -> bool:
     """bf16 matmuls are only fast with AVX512-BF16 or AMX; on AVX2-only CPUs they are several x slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -51,16 +60,23 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 
 def machine_description(device: torch.device) -> str:
-    """E.g. "AMD EPYC 9B14 (no fast bf16), 2 cores, 2 threads" or the CUDA device name, for results."""
+    """E.g. "AMD EPYC (AVX512-BF16 only), 2 cores, 2 threads" or the CUDA device name, for results."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in CPUINFO.read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    bf16 = "AVX512-BF16/AMX" if cpu_has_fast_bf16() else "no fast bf16"
+    flags = cpu_flags()  # which bf16 units: the same precision runs at different speeds on each
+    bf16 = (
+        "AVX512-BF16/AMX"
+        if "amx_bf16" in flags
+        else "AVX512-BF16 only"
+        if "avx512_bf16" in flags
+        else "no fast bf16"
+    )
     n = torch.get_num_threads()
     return f"{cpu} ({bf16}), {os.cpu_count()} cores, {n} thread{'' if n == 1 else 's'}"
 

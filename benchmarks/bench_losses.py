@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from batchshaping import losses as new
+from batchshaping import runtime
 from batchshaping.priors import BetaPrior, NormalPrior, RelaxedBernoulliPrior, SymBetaPrior
 from benchmarks.common import machine
 
@@ -115,14 +116,8 @@ def accuracy(loss: torch.nn.Module, x: torch.Tensor, exact: torch.nn.Module) -> 
 
 
 def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
-    )
-    return sorted(f for f in set(flags) if f.startswith(("amx", "avx512f", "avx512_bf16")))
+    """The flags that decide bf16 and AVX-512 speed, for the results file."""
+    return sorted(f for f in runtime.cpu_flags() if f.startswith(("amx", "avx512f", "avx512_bf16")))
 
 
 def main() -> None:

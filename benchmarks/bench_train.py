@@ -1,4 +1,4 @@
-"""Training-speed benchmarks (not tests). Writes benchmarks/results/train.json.
+"""Training-speed benchmarks (not tests). Writes benchmarks/results/train.json (or --out).
 
 1. Gate overhead: one training step (forward, CE + batch-shaping + L0, backward, SGD) of gated_resnet32
    against resnet32 with the same weights, interleaved, median of --repeats steps, per precision.
@@ -8,7 +8,7 @@
    what ``--set step=compile`` runs) for gated_resnet32 with the paper recipe's losses, same weights,
    interleaved, median of --repeats steps after the compilation (timed apart).
 
-    python -m benchmarks.bench_train --threads 2 --repeats 10 [--parts gate,pipeline,steps]
+    python -m benchmarks.bench_train --threads 2 --repeats 10 [--parts gate,pipeline,steps] [--out FILE]
 
 Each part measured replaces its entry in train.json; the others are kept.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -173,12 +174,13 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--pipeline-steps", type=int, default=4)
     ap.add_argument("--parts", default="gate,pipeline,steps", help="which measurements (comma-separated)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "train.json", help="results file, updated in place")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     parts, precisions = args.parts.split(","), args.precisions.split(",")
-    path = RESULTS / "train.json"
+    path = args.out
     out = json.loads(path.read_text()) if path.is_file() else {}
-    where = {"machine": machine()}
+    where = {"machine": machine(), "command": " ".join(["python -m benchmarks.bench_train", *sys.argv[1:]])}
     if "gate" in parts or "pipeline" in parts:
         for old_key in ("torch", "cpu_capability"):  # now inside "machine"
             out.pop(old_key, None)
@@ -188,9 +190,9 @@ def main() -> None:
         out.update(where, pipeline=pipeline(args.batch, args.pipeline_steps, max(3, args.repeats // 3)))
     if "steps" in parts:  # its own machine record: it may run on another machine than the parts above
         out["step_paths"] = {**where, "rows": step_paths(args.batch, args.repeats, precisions)}
-    RESULTS.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'train.json'}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
