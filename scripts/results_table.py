@@ -211,7 +211,7 @@ def finetune_row(r: dict, r20_macs: float, f: int) -> str:
     return (
         f"| {r['run']} | {s['model']} | {start} | {bs} | {l0} | {s['epochs']} ({e0 + s['epochs']}) | "
         f"{100 * s['top1']:.2f}% | {s['macs_mean'] / 1e6:.2f} | {s['macs_mean'] / r20_macs:.3f} | {gates} | "
-        f"{wall(s['wall_time_s'])} | {s.get('machine', s['device'])} ({s['precision']}) | `{cmd}` |"
+        f"{wall(s['wall_time_s'])} | {machine(s)} ({s['precision']}) | `{cmd}` |"
     )
 
 
@@ -252,7 +252,7 @@ def macs_target_row(r: dict) -> str:
     return (
         f"| {r['run']} | {target} | {count} | {ratio:.4f} | {100 * (ratio / target - 1):+.1f}% | "
         f"{100 * s['top1']:.2f}% | {s['macs_mean'] / 1e6:.2f} | {gates} | {wall(s['wall_time_s'])} | "
-        f"{s.get('machine', s['device'])} ({s['precision']}) | `{cmd}` |"
+        f"{machine(s)} ({s['precision']}) | `{cmd}` |"
     )
 
 

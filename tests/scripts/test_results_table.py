@@ -74,6 +74,10 @@ def test_macs_target_table_says_how_far_each_run_ended_from_its_budget(tmp_path)
     results = tmp_path / "cifar10_macs_target"
     for name, macs in (("gated_resnet32_macs0.5_w20_n5000_e30", 0.51 * 68.86e6),):
         fake_run(results, name, "gated_resnet32", 30, macs, 0.4, "cifar10_gated_resnet32_cpu")
+        summary = json.loads((results / name / "summary.json").read_text())
+        # as older runs wrote it: the table says "1 thread"
+        summary["machine"] = "Intel(R) Xeon(R) Processor (AVX512-BF16/AMX), 2 cores, 1 threads"
+        (results / name / "summary.json").write_text(json.dumps(summary))
         cfg = yaml.safe_load((results / name / "config.yaml").read_text())
         cfg["loss"].update(macs_target=0.5, macs_weight=20.0)
         cfg["data"] = {"train_subset": 5000}
@@ -82,6 +86,7 @@ def test_macs_target_table_says_how_far_each_run_ended_from_its_budget(tmp_path)
     row = text.splitlines()[-1]
     assert "| 0.5 | expected MACs, calibrated in evaluation mode | 0.5100 | +2.0% | 40.00% |" in row
     assert '`N=5000 TARGETS="0.5" WEIGHT=20 EPOCHS=30 THREADS=1 bash scripts/macs_target_cifar10.sh`' in row
+    assert "| Intel(R) Xeon(R) Processor (AVX512-BF16/AMX), 2 cores, 1 thread (bfloat16) |" in row
 
 
 def test_runs_trained_in_pieces_join_the_tables_with_their_command_budget_and_the_headline(tmp_path):
