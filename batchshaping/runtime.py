@@ -21,14 +21,18 @@ import torch.distributed as dist
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from the first "flags" line of /proc/cpuinfo; empty where there is none."""
+def _cpuinfo_field(name: str) -> str | None:
+    """The value of the first /proc/cpuinfo line named ``name`` ("flags", "model name"); None where none."""
     try:
         text = CPUINFO.read_text()
     except OSError:
-        return set()
-    lines = (line for line in text.splitlines() if line.startswith("flags"))
-    return next((set(line.split(":", 1)[1].split()) for line in lines), set())
+        return None
+    return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith(name)), None)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags; empty where /proc/cpuinfo gives none."""
+    return set((_cpuinfo_field("flags") or "").split())
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -63,12 +67,7 @@ def machine_description(device: torch.device) -> str:
     """E.g. "AMD EPYC (AVX512-BF16 only), 2 cores, 2 threads" or the CUDA device name, for results."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in CPUINFO.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = _cpuinfo_field("model name") or platform.processor() or platform.machine()
     flags = cpu_flags()  # which bf16 units: the same precision runs at different speeds on each
     bf16 = (
         "AVX512-BF16/AMX"
