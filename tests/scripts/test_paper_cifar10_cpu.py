@@ -5,10 +5,11 @@ and, for the runs named in $FINISH, summary.json, as a run that reached its last
 """
 
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.scripts.conftest import stage_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 R20, BS, L0 = "resnet20_e500", "gated_resnet32_budget0.585_e500", "gated_resnet32_l0only_budget0.585_e500"
@@ -33,18 +34,7 @@ def piece(
     seeds: str | None = None,
 ) -> list[str]:
     """Run the script once; the training calls it made, one line each: '<run> <arguments>'."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    fake = tmp / "python"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    out = tmp / "runs"
-    for run in done + started:
-        (out / run).mkdir(parents=True, exist_ok=True)
-        (out / run / "last.pt").touch()
-        if run in done:
-            (out / run / "summary.json").write_text("{}")
-    calls = tmp / "calls.txt"
-    calls.write_text("")
+    fake, out, calls = stage_runs(tmp, FAKE_PYTHON, done, started)
     env = dict(os.environ, PYTHON=str(fake), OUT=str(out), CORES="2", MAX_TIME="2h", FINISH=finish)
     env["MIN_START"] = str(min_start)
     env["CALLS"] = str(calls)
@@ -108,12 +98,8 @@ def test_another_seed_trains_the_same_runs_in_their_own_folders(tmp_path: Path):
 
 
 def test_a_seed_that_is_not_a_number_is_refused_before_anything_runs(tmp_path: Path):
-    fake = tmp_path / "python"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    env = dict(
-        os.environ, PYTHON=str(fake), OUT=str(tmp_path / "runs"), SEED="one", CALLS=str(tmp_path / "c")
-    )
+    fake, out, _ = stage_runs(tmp_path, FAKE_PYTHON)
+    env = dict(os.environ, PYTHON=str(fake), OUT=str(out), SEED="one", CALLS=str(tmp_path / "c"))
     res = subprocess.run(
         ["bash", str(ROOT / "scripts/paper_cifar10_cpu.sh")], env=env, capture_output=True, text=True
     )
