@@ -98,6 +98,25 @@ def test_a_paired_test_of_the_current_weights_joins_the_verdict(tmp_path):
     assert "Paired" not in paper_progress.verdict_b([g, l0], tests)
 
 
+def test_a_paired_test_whose_pass_moved_a_few_images_joins_the_verdict_and_says_so(tmp_path):
+    r20 = fake("resnet20_e500", "resnet20", 0.0, 0.9209, 40.55e6)
+    g = gated("g_e500", 0.75, 0.585, 0.9244, 40.37e6)
+    entry = {"run": "x/g_e500", "top1": 0.9243, "n": 10000, "low": -0.0017, "high": 0.0087, "p": 0.2035}
+    paired = {"reference": "x/resnet20_e500", "reference_top1": 0.9208, "images": 10000, "level": 0.95}
+    (tmp_path / "compare").mkdir()
+    (tmp_path / "compare" / "compare.json").write_text(json.dumps({"paired": {**paired, "runs": [entry]}}))
+    a = paper_progress.verdict([r20, g], paper_progress.paired_tests(tmp_path, [r20, g]))
+    assert "McNemar p = 0.20" in a
+    assert a.endswith(
+        "That pass, on another machine or thread count, scored 92.43% and 92.08%: bf16 rounding "
+        "moves images that lie on a decision boundary."
+    )
+    # six images off the summary: not the same weights
+    entry["top1"] = 0.9238
+    (tmp_path / "compare" / "compare.json").write_text(json.dumps({"paired": {**paired, "runs": [entry]}}))
+    assert paper_progress.paired_tests(tmp_path, [r20, g]) == {}
+
+
 def test_hours_left_go_by_the_median_of_the_latest_epochs():
     # 10 epochs of 100 s, then a piece whose first epoch compiled for 400 s, then 90 s epochs
     times = [100.0] * 10 + [400.0] + [90.0] * 9
