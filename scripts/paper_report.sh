@@ -54,6 +54,11 @@ seeds() { # the seed suffixes of the run folders: "" (seed 0), "_s1", ...
     echo "${d##*_e500}"
   done | sort -u
 }
+if [ "$(seeds | wc -l)" -eq 0 ]; then
+  echo "no 500-epoch run folders in $OUT: train them with scripts/paper_cifar10_cpu.sh (or name their folder" \
+    "with OUT=)" >&2
+  exit 2
+fi
 R20=resnet20_e500
 BS=gated_resnet32_budget0.585_e500
 L0=gated_resnet32_l0only_budget0.585_e500

@@ -109,3 +109,9 @@ def test_an_unknown_step_is_refused_before_anything_runs(tmp_path):
     assert res.returncode == 2
     assert calls == []
     assert "unknown step 'analyse'" in res.stderr
+
+
+def test_a_folder_without_runs_is_refused_with_the_command_that_trains_them(tmp_path):
+    calls, res = report(tmp_path, "tables")
+    assert res.returncode == 2 and calls == []
+    assert "no 500-epoch run folders in" in res.stderr and "scripts/paper_cifar10_cpu.sh" in res.stderr
