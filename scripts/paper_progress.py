@@ -157,7 +157,9 @@ def judge(
     if paired:
         p = f"{paired['p']:.2f}" if paired["p"] >= 0.01 else f"{paired['p']:.1e}"
         text += (
-            f" Paired on the same {paired['n']:,} test images: {paired['level']:.0%} CI "
+            f" Paired on the same {paired['n']:,} test images ({paired['only_a']} right only in "
+            f"{Path(paired['run']).name}, {paired['only_b']} only in {paired['reference']}): "
+            f"{paired['level']:.0%} CI "
             f"{100 * paired['low']:+.2f} to {100 * paired['high']:+.2f} points, McNemar p = {p} "
             f"({paired['source']})."
         )
@@ -179,9 +181,10 @@ PASS_TOL = 5e-4
 
 def paired_tests(folder: Path, runs: list[dict]) -> dict[tuple[str, str], dict]:
     """The paired tests of `batchshaping compare --paired` in folder/compare*/compare.json, keyed by (run,
-    reference) folder names: each entry of its "runs" with "level", "source" (its compare.md) and "pass" (the
-    test's own top-1s of run and reference when they are not the summaries'; else None). Only tests whose
-    top-1s are within PASS_TOL of the runs' summaries now count (a test of older weights is left out)."""
+    reference) folder names: each entry of its "runs" with "reference" (its folder name), "level", "source"
+    (its compare.md) and "pass" (the test's own top-1s of run and reference when they are not the summaries';
+    else None). Only tests whose top-1s are within PASS_TOL of the runs' summaries now count (a test of older
+    weights is left out)."""
     top1 = {r["run"]: r["summary"]["top1"] for r in runs if r["summary"]}
     out = {}
     for path in sorted(folder.glob("compare*/compare.json")):
@@ -199,7 +202,13 @@ def paired_tests(folder: Path, runs: list[dict]) -> dict[tuple[str, str], dict]:
             md = path.with_name("compare.md")
             source = md.relative_to(ROOT) if md.is_relative_to(ROOT) else md
             moved = tops[2:] if counts[:2] != counts[2:] else None
-            out[(run, ref)] = {**e, "level": paired["level"], "source": str(source), "pass": moved}
+            out[(run, ref)] = {
+                **e,
+                "reference": ref,
+                "level": paired["level"],
+                "source": str(source),
+                "pass": moved,
+            }
     return out
 
 

@@ -80,6 +80,7 @@ def test_a_paired_test_of_the_current_weights_joins_the_verdict(tmp_path):
     g = gated("g_e500", 0.75, 0.585, 0.9244, 40.37e6)
     l0 = gated("l0_e500", 0.0, 0.585, 0.9100, 40.3e6)
     entry = {"run": "x/g_e500", "top1": 0.9244, "n": 10000, "low": -0.0017, "high": 0.0087, "p": 0.2029}
+    entry.update(only_a=374, only_b=339)
     paired = {"reference": "x/resnet20_e500", "reference_top1": 0.9209, "images": 10000, "level": 0.95}
     (tmp_path / "compare").mkdir()
     (tmp_path / "compare" / "compare.json").write_text(json.dumps({"paired": {**paired, "runs": [entry]}}))
@@ -92,7 +93,8 @@ def test_a_paired_test_of_the_current_weights_joins_the_verdict(tmp_path):
     assert list(tests) == [("g_e500", "resnet20_e500")]
     a = paper_progress.verdict([r20, g], tests)
     assert a.endswith(
-        "(+0.35 points, MAC ratio 0.996). Paired on the same 10,000 test images: 95% CI -0.17 to +0.87 "
+        "(+0.35 points, MAC ratio 0.996). Paired on the same 10,000 test images (374 right only in g_e500, "
+        "339 only in resnet20_e500): 95% CI -0.17 to +0.87 "
         f"points, McNemar p = 0.20 ({tmp_path / 'compare' / 'compare.md'})."
     )
     assert "Paired" not in paper_progress.verdict_b([g, l0], tests)
@@ -102,6 +104,7 @@ def test_a_paired_test_whose_pass_moved_a_few_images_joins_the_verdict_and_says_
     r20 = fake("resnet20_e500", "resnet20", 0.0, 0.9209, 40.55e6)
     g = gated("g_e500", 0.75, 0.585, 0.9244, 40.37e6)
     entry = {"run": "x/g_e500", "top1": 0.9243, "n": 10000, "low": -0.0017, "high": 0.0087, "p": 0.2035}
+    entry.update(only_a=375, only_b=340)
     paired = {"reference": "x/resnet20_e500", "reference_top1": 0.9208, "images": 10000, "level": 0.95}
     (tmp_path / "compare").mkdir()
     (tmp_path / "compare" / "compare.json").write_text(json.dumps({"paired": {**paired, "runs": [entry]}}))
