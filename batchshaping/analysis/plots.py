@@ -436,15 +436,39 @@ def accuracy_vs_macs(rows: Sequence[dict[str, Any]], title: str, path: Path) -> 
     _save(fig, path)
 
 
-def training_curves(runs: Sequence[dict[str, Any]], reference_macs: float, title: str, path: Path) -> None:
+def late_top1_range(
+    runs: Sequence[dict[str, Any]], start: float, below: float = 2.0
+) -> tuple[float, float] | None:
+    """The top-1 range (%) of :func:`training_curves`' zoom panel: from ``below`` points under the best final
+    top-1 of the runs (runs that end lower fall off the bottom) up to the highest top-1 any run reached at or
+    after fraction ``start`` of its schedule, plus a tenth of a point. None without evaluations."""
+    finals, late = [], []
+    for r in runs:
+        evals = [e for e in r["log"] if "top1" in e]
+        if evals:
+            finals.append(100 * evals[-1]["top1"])
+            late += [100 * e["top1"] for e in evals if e["epoch"] / r["epochs"] >= start]
+    if not finals:
+        return None
+    top = max(late, default=max(finals))
+    return max(finals) - below, top + 0.1
+
+
+def training_curves(
+    runs: Sequence[dict[str, Any]], reference_macs: float, title: str, path: Path, zoom_from: float = 0.6
+) -> None:
     """Test top-1 and mean MACs of runs over training, against the fraction of each run's schedule (so a
-    36-epoch run and a 500-epoch run of the same recipe shape line up).
+    36-epoch run and a 500-epoch run of the same recipe shape line up), and below them the top-1 from
+    fraction ``zoom_from`` on (the paper's schedule drops the learning rate at 0.6), magnified: on the full
+    scale the final points of runs within a point of each other overlap.
 
     runs: dicts with "label", "epochs" (the run's total), "log" (log.jsonl records; those with "top1" are
     drawn), and optionally "style" (matplotlib line keywords, e.g. {"ls": "--"}). reference_macs: the MACs
-    that the lower panel's ratio divides by (e.g. ResNet-20's).
+    that the middle panel's ratio divides by (e.g. ResNet-20's).
     """
-    fig, (top, bottom) = _subplots(2, 1, figsize=(8.0, 6.5), sharex=True)
+    fig, (top, bottom, zoom) = _subplots(3, 1, figsize=(8.0, 9.5), gridspec_kw={"height_ratios": [3, 2, 2]})
+    bottom.sharex(top)
+    top.tick_params(labelbottom=False)  # the middle panel's axis below says it
     for r in runs:
         evals = [e for e in r["log"] if "top1" in e]
         if not evals:
@@ -452,14 +476,23 @@ def training_curves(runs: Sequence[dict[str, Any]], reference_macs: float, title
         t = [e["epoch"] / r["epochs"] for e in evals]
         style = {"lw": 1.4, **r.get("style", {})}
         (line,) = top.plot(t, [100 * e["top1"] for e in evals], label=r["label"], **style)
-        style["color"] = line.get_color()  # the same colour in both panels
+        style["color"] = line.get_color()  # the same colour in every panel
         bottom.plot(t, [e["macs_mean"] / reference_macs for e in evals], **style)
+        late = [(x, 100 * e["top1"]) for x, e in zip(t, evals, strict=True) if x >= zoom_from]
+        if late:
+            zoom.plot(*zip(*late, strict=True), **style)
     top.set_ylabel("test top-1 (%)")
     top.set_title(title)
     bottom.axhline(1.0, color="k", lw=0.8, ls=":")
     bottom.set_ylabel("mean MACs / ResNet-20's")
     bottom.set_xlabel("fraction of the run's schedule (epoch / total epochs)")
-    for ax in (top, bottom):
+    zoom.set_xlim(zoom_from, 1.0 + 0.02 * (1.0 - zoom_from))
+    limits = late_top1_range(runs, zoom_from)
+    if limits is not None:
+        zoom.set_ylim(*limits)
+    zoom.set_ylabel("test top-1 (%), magnified")
+    zoom.set_xlabel(f"fraction of the run's schedule, from {zoom_from:g} (after the first lr drop)")
+    for ax in (top, bottom, zoom):
         ax.grid(alpha=0.3)
     top.legend(loc="lower right", fontsize=8)
     _save(fig, path)
