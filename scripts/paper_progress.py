@@ -1,11 +1,12 @@
 """Progress of the paper-length CIFAR-10 runs trained in pieces on CPU (results/cifar10_paper/<run>/):
 a table of where each run stands, and a plot of test top-1 and mean MACs over training against each other
-and the 36-epoch GPU runs (results/cifar10/*_e36_gpu), the top-1 after the first lr drop magnified; once resnet20 and a batch-shaping gated run have
-finished, the verdict on the paper's claim (a) under the table; once a batch-shaping and an L0-only gated run
-with the same MAC target have finished, the verdict on claim (b). Runs are paired by seed (scripts/
-paper_cifar10_cpu.sh's SEED); with several seeds the verdicts end with the mean over them. A verdict also
-gives the paired test of its two runs on the same test images where `batchshaping compare --paired` wrote
-one into results/cifar10_paper/compare*/ (for claim (b): `--reference` the L0-only run).
+and the 36-epoch GPU runs (results/cifar10/*_e36_gpu), the top-1 after the first lr drop magnified; once
+resnet20 and a batch-shaping gated run have finished, the verdict on the paper's claim (a) under the table;
+once a batch-shaping and an L0-only gated run with the same MAC target have finished, the verdict on claim
+(b). Runs are paired by seed (scripts/paper_cifar10_cpu.sh's SEED); with several seeds the verdicts end with
+the mean over them. A verdict also gives the paired test of its two runs on the same test images where
+`batchshaping compare --paired` wrote one into results/cifar10_paper/compare*/ (for claim (b): `--reference`
+the L0-only run).
 
     python scripts/paper_progress.py            # prints the table
     python scripts/paper_progress.py --write     # and replaces it in RESULTS.md, writes the plot
