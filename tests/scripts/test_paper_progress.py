@@ -75,6 +75,12 @@ def test_runs_are_judged_against_their_own_seed_and_several_seeds_get_their_mean
     assert b[2].startswith("Claim (b) over 2 seeds: +0.15 points on average") and "1 of 2 seeds." in b[2]
 
 
+def write_paired(folder: Path, paired: dict) -> None:
+    """folder/compare.json holding `paired` as `batchshaping compare --paired` writes it."""
+    folder.mkdir(exist_ok=True)
+    (folder / "compare.json").write_text(json.dumps({"paired": paired}))
+
+
 def test_a_paired_test_of_the_current_weights_joins_the_verdict(tmp_path):
     r20 = fake("resnet20_e500", "resnet20", 0.0, 0.9209, 40.55e6)
     g = gated("g_e500", 0.75, 0.585, 0.9244, 40.37e6)
@@ -82,11 +88,10 @@ def test_a_paired_test_of_the_current_weights_joins_the_verdict(tmp_path):
     entry = {"run": "x/g_e500", "top1": 0.9244, "n": 10000, "low": -0.0017, "high": 0.0087, "p": 0.2029}
     entry.update(only_a=374, only_b=339)
     paired = {"reference": "x/resnet20_e500", "reference_top1": 0.9209, "images": 10000, "level": 0.95}
-    (tmp_path / "compare").mkdir()
-    (tmp_path / "compare" / "compare.json").write_text(json.dumps({"paired": {**paired, "runs": [entry]}}))
+    write_paired(tmp_path / "compare", {**paired, "runs": [entry]})
     stale = {**paired, "reference": "x/l0_e500", "reference_top1": 0.9, "runs": [{**entry, "p": 0.001}]}
-    (tmp_path / "compare_b").mkdir()  # a test of the L0-only run's older weights (92.00%, not 91.00%)
-    (tmp_path / "compare_b" / "compare.json").write_text(json.dumps({"paired": stale}))
+    # a test of the L0-only run's older weights (92.00%, not 91.00%)
+    write_paired(tmp_path / "compare_b", stale)
     (tmp_path / "compare_no_pairs").mkdir()
     (tmp_path / "compare_no_pairs" / "compare.json").write_text(json.dumps({"runs": []}))
     tests = paper_progress.paired_tests(tmp_path, [r20, g, l0])
@@ -106,8 +111,7 @@ def test_a_paired_test_whose_pass_moved_a_few_images_joins_the_verdict_and_says_
     entry = {"run": "x/g_e500", "top1": 0.9243, "n": 10000, "low": -0.0017, "high": 0.0087, "p": 0.2035}
     entry.update(only_a=375, only_b=340)
     paired = {"reference": "x/resnet20_e500", "reference_top1": 0.9208, "images": 10000, "level": 0.95}
-    (tmp_path / "compare").mkdir()
-    (tmp_path / "compare" / "compare.json").write_text(json.dumps({"paired": {**paired, "runs": [entry]}}))
+    write_paired(tmp_path / "compare", {**paired, "runs": [entry]})
     a = paper_progress.verdict([r20, g], paper_progress.paired_tests(tmp_path, [r20, g]))
     assert "McNemar p = 0.20" in a
     assert a.endswith(
@@ -116,7 +120,7 @@ def test_a_paired_test_whose_pass_moved_a_few_images_joins_the_verdict_and_says_
     )
     # six images off the summary: not the same weights
     entry["top1"] = 0.9238
-    (tmp_path / "compare" / "compare.json").write_text(json.dumps({"paired": {**paired, "runs": [entry]}}))
+    write_paired(tmp_path / "compare", {**paired, "runs": [entry]})
     assert paper_progress.paired_tests(tmp_path, [r20, g]) == {}
 
 
