@@ -153,3 +153,30 @@ def test_another_seeds_runs_get_its_command_and_the_headline_pairs_runs_of_one_s
     head = results_table.headline(results_table.load_runs(pieces, pieces=True), 40.55e6)
     assert "| resnet20_e500 |" in head and "| gated_resnet32_budget0.585_e500 |" in head and "_s1" not in head
     assert "+0.50 points of top-1" in head
+
+
+def test_headline_adds_the_run_without_batch_shaping_of_the_same_seed_within_resnet20s_macs(tmp_path):
+    pieces = tmp_path / "cifar10_paper"
+    budget = {"l0_weight": 0.0, "macs_target": 0.585}
+    fake_run(pieces, "resnet20_e500", "resnet20", 500, 40.55e6, 0.92, "cifar10_resnet20")
+    fake_run(pieces, "gated_resnet32_budget0.585_e500", "gated_resnet32", 500, 40.2e6, 0.925, "b", **budget)
+    # over resnet20's MACs, or another seed's: not in the headline
+    no_bs = {**budget, "bs_weight": 0.0}
+    fake_run(pieces, "l0only_over_e500", "gated_resnet32", 500, 40.6e6, 0.94, "l", **no_bs)
+    fake_run(pieces, "l0only_e500_s1", "gated_resnet32", 500, 40.1e6, 0.95, "l", seed=1, **no_bs)
+    head = results_table.headline(results_table.load_runs(pieces, pieces=True), 40.55e6)
+    assert "The gated row is the batch-shaping gated_resnet32 run at or below resnet20's MACs: +0.50" in head
+    assert "l0only" not in head
+    fake_run(pieces, "l0only_e500", "gated_resnet32", 500, 40.3e6, 0.928, "l", **no_bs)
+    head = results_table.headline(results_table.load_runs(pieces, pieces=True), 40.55e6)
+    assert (
+        "The first gated row is the batch-shaping gated_resnet32 run at or below resnet20's MACs: +0.50"
+        in head
+    )
+    assert (
+        "The last is the same network trained without batch-shaping (the sparsity term alone, the paper's "
+        "claim (b)), at or below resnet20's MACs too: +0.80 points of top-1 against resnet20 at 0.9938 times"
+    ) in head
+    lines = head.splitlines()
+    assert lines[-1].startswith("| l0only_e500 | gated_resnet32 | 0 | 0.0 (MAC target 0.585) | 92.80% |")
+    assert lines[-2].startswith("| gated_resnet32_budget0.585_e500 |") and "_s1" not in head
