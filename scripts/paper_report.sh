@@ -13,8 +13,9 @@
 #   tables   the progress table, the verdicts and the plot (scripts/paper_progress.py --write), then every
 #            table of RESULTS.md and README's headline (scripts/results_table.py --write)
 # <seed> is "" for seed 0 and "_s<N>" for seed N; <tag> is "" for the batch-shaping run and "_l0only" for the
-# L0-only run, followed by <seed>. An analysis or weights file that exists is kept (FORCE=1 makes them again);
-# compare and tables always run, as finished runs join them.
+# L0-only run, followed by <seed>. An analysis, weights or latency file that exists is kept (FORCE=1 makes them
+# again: a latency measured on another machine is then replaced); compare and tables always run, as finished
+# runs join them.
 #
 #   bash scripts/paper_report.sh                    # analyze compare weights tables
 #   bash scripts/paper_report.sh compare tables     # only these steps, in this order
@@ -24,6 +25,7 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10}
 OUT=${OUT:-results/cifar10_paper}
 WEIGHTS=${WEIGHTS:-weights/cifar10}
+LATENCY=${LATENCY:-benchmarks/results}
 PYTHON=${PYTHON:-python}
 FORCE=${FORCE:-0}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" # the scripts import the package from this checkout
@@ -111,15 +113,18 @@ weights() {
 }
 
 latency() { # seed suffix
-  local s=$1 run tag=$1 wait
+  local s=$1 run tag=$1 wait out
   for run in "$BS$s" "$L0$s"; do
     [ "$run" = "$BS$s" ] || tag=_l0only$s
     wait=$(unfinished "$run" "$R20$s")
-    if [ -z "$wait" ]; then
-      "$PYTHON" -m benchmarks.latency --checkpoint "$OUT/$run/last.pt" --reference "$OUT/$R20$s/last.pt" \
-        --threads 1 --no-batched --cifar-images 64 --budget 60 --out "benchmarks/results/latency_paper_e500$tag.json"
-    else
+    out="$LATENCY/latency_paper_e500$tag.json"
+    if [ -n "$wait" ]; then
       echo "latency: waits for $wait to finish"
+    elif [ -f "$out" ] && [ "$FORCE" != 1 ]; then
+      echo "latency: $out exists (FORCE=1 measures it again)"
+    else
+      "$PYTHON" -m benchmarks.latency --checkpoint "$OUT/$run/last.pt" --reference "$OUT/$R20$s/last.pt" \
+        --threads 1 --no-batched --cifar-images 64 --budget 60 --out "$out"
     fi
   done
 }

@@ -33,6 +33,7 @@ def report(
         (tmp / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp / f).touch()
     env = dict(os.environ, PYTHON=str(fake), OUT=str(out), WEIGHTS=str(tmp / "weights"), DATA="data")
+    env.update(LATENCY=str(tmp / "latency"))
     env.update(CALLS=str(calls), FORCE="1" if force else "0")
     res = subprocess.run(
         ["bash", str(ROOT / "scripts/paper_report.sh"), *steps], env=env, capture_output=True, text=True
@@ -71,16 +72,22 @@ def test_once_the_l0_only_run_has_finished_it_joins_claim_a_and_claim_b_pairs_it
     ]
 
 
-def test_existing_analyses_and_weights_are_kept_unless_forced(tmp_path):
-    made = ("runs/analysis/report.md", f"weights/{R20}.pt")
-    calls, res = report(tmp_path, "analyze", "weights", done=(R20, BS, L0), exists=made)
+def test_existing_analyses_weights_and_latencies_are_kept_unless_forced(tmp_path):
+    # a latency measured before (on whichever machine) is not replaced by one measured on this one
+    made = ("runs/analysis/report.md", f"weights/{R20}.pt", "latency/latency_paper_e500.json")
+    steps = ("analyze", "weights", "latency")
+    calls, res = report(tmp_path, *steps, done=(R20, BS, L0), exists=made)
     assert res.returncode == 0, res.stderr
     assert calls == [
         f"-m batchshaping analyze $T/runs/{L0} --out $T/runs/analysis_l0only --data-dir data",
         f"scripts/export_weights.py $T/runs/{BS} $T/runs/{L0} --out $T/weights --check --data-dir data",
+        f"-m benchmarks.latency --checkpoint $T/runs/{L0}/last.pt --reference $T/runs/{R20}/last.pt "
+        "--threads 1 --no-batched --cifar-images 64 --budget 60 "
+        "--out $T/latency/latency_paper_e500_l0only.json",
     ]
-    forced, _ = report(tmp_path / "f", "analyze", "weights", done=(R20, BS, L0), exists=made, force=True)
-    assert len(forced) == 3 and f"$T/runs/{R20} $T/runs/{BS} $T/runs/{L0}" in forced[-1]
+    assert "latency: $T/latency/latency_paper_e500.json exists" in res.stdout.replace(str(tmp_path), "$T")
+    forced, _ = report(tmp_path / "f", *steps, done=(R20, BS, L0), exists=made, force=True)
+    assert len(forced) == 5 and f"$T/runs/{R20} $T/runs/{BS} $T/runs/{L0}" in forced[2]
 
 
 def test_another_seed_gets_its_own_folders_and_is_paired_only_with_runs_of_its_seed(tmp_path):
@@ -96,10 +103,10 @@ def test_another_seed_gets_its_own_folders_and_is_paired_only_with_runs_of_its_s
         f"--reference $T/runs/{L0}_s1 --data-dir data",
         f"-m benchmarks.latency --checkpoint $T/runs/{BS}_s1/last.pt --reference $T/runs/{R20}_s1/last.pt "
         "--threads 1 --no-batched --cifar-images 64 --budget 60 "
-        "--out benchmarks/results/latency_paper_e500_s1.json",
+        "--out $T/latency/latency_paper_e500_s1.json",
         f"-m benchmarks.latency --checkpoint $T/runs/{L0}_s1/last.pt --reference $T/runs/{R20}_s1/last.pt "
         "--threads 1 --no-batched --cifar-images 64 --budget 60 "
-        "--out benchmarks/results/latency_paper_e500_l0only_s1.json",
+        "--out $T/latency/latency_paper_e500_l0only_s1.json",
     ]
     assert f"claim (a) waits for {BS} to finish" in res.stdout
 
