@@ -65,6 +65,11 @@ def load_runs(results: Path, pieces: bool = False) -> list[dict]:
         s = json.loads((d / "summary.json").read_text())
         cfg = yaml.safe_load((d / "config.yaml").read_text())
         gated = bs.model_info(s["model"]).gated
+        history = d / "history.jsonl"
+        if (
+            pieces and history.exists()
+        ):  # trained in pieces, maybe on several machines: say which epochs where
+            s = {**s, "machine": machines([json.loads(line) for line in history.read_text().splitlines()], s)}
         runs.append({"run": d.name, "s": s, "cfg": cfg, "gated": gated, "pieces": pieces})
     return runs
 
@@ -109,6 +114,23 @@ def machine(s: dict) -> str:
     """The summary's machine (its device before machine was recorded); runs written before the package said
     "1 thread" read "1 threads"."""
     return s.get("machine", s["device"]).replace(" 1 threads", " 1 thread")
+
+
+def machines(history: list[dict], s: dict) -> str:
+    """The summary's machine, or, when the pieces of history.jsonl (one line per process: from_epoch,
+    to_epoch, machine "<cpu>, <n> cores, <k> threads") ran on several CPUs, each CPU with its epochs: the
+    summary names only the last piece's."""
+    spans: list[list] = []  # [cpu, first epoch, last epoch]
+    for h in history:
+        cpu = h["machine"].split(", ")[0]
+        if spans and spans[-1][0] == cpu:
+            spans[-1][2] = h["to_epoch"]
+        else:
+            spans.append([cpu, h["from_epoch"] + 1, h["to_epoch"]])
+    if len(spans) < 2:
+        return s["machine"]
+    cores = s["machine"].split(", ")[1]
+    return "; ".join(f"{cpu}, epochs {a}-{b}" for cpu, a, b in spans) + f"; {cores}"
 
 
 def wall(seconds: float) -> str:

@@ -180,3 +180,24 @@ def test_headline_adds_the_run_without_batch_shaping_of_the_same_seed_within_res
     lines = head.splitlines()
     assert lines[-1].startswith("| l0only_e500 | gated_resnet32 | 0 | 0.0 (MAC target 0.585) | 92.80% |")
     assert lines[-2].startswith("| gated_resnet32_budget0.585_e500 |") and "_s1" not in head
+
+
+def test_a_run_trained_in_pieces_on_two_cpus_names_each_cpu_with_its_epochs(tmp_path):
+    pieces = tmp_path / "cifar10_paper"
+    fake_run(pieces, "resnet20_e500", "resnet20", 500, 40.55e6, 0.92, "cifar10_resnet20")
+    xeon, epyc = "Intel(R) Xeon(R) Processor (AVX512-BF16/AMX)", "AMD EPYC (AVX512-BF16 only)"
+    spans = ((0, 45, xeon, 1), (45, 235, xeon, 2), (235, 322, epyc, 2), (322, 500, epyc, 2))
+    history = [
+        {"from_epoch": a, "to_epoch": b, "machine": f"{cpu}, 2 cores, {k} threads"} for a, b, cpu, k in spans
+    ]
+    (pieces / "resnet20_e500" / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    summary = json.loads((pieces / "resnet20_e500" / "summary.json").read_text())
+    (pieces / "resnet20_e500" / "summary.json").write_text(
+        json.dumps({**summary, "machine": f"{epyc}, 2 cores"})
+    )
+    text = results_table.tables(results_table.load_runs(pieces, pieces=True), 40.55e6)
+    assert f"| {xeon}, epochs 1-235; {epyc}, epochs 236-500; 2 cores (bfloat16) |" in text
+    # one CPU throughout: the summary's machine, as before
+    (pieces / "resnet20_e500" / "history.jsonl").write_text(json.dumps(history[0]) + "\n")
+    text = results_table.tables(results_table.load_runs(pieces, pieces=True), 40.55e6)
+    assert f"| {epyc}, 2 cores (bfloat16) |" in text
